@@ -1,0 +1,68 @@
+# The front door: every target a user or CI needs, with its set-up built in.
+# `make help` lists them. Variables: RUN_DIR, CONFIG, PROFILE, CONTAINER, OVERRIDES.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+.SUFFIXES:
+
+PYTHON    ?= python3
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+CONFIG    ?= configs/demo.yaml
+RUN_DIR   ?= runs/demo
+OVERRIDES ?=
+STAMPS    := .make
+SYSTEM_PACKAGES := slurm-wlm munge openmpi-bin libopenmpi-dev
+
+export WANDB_SILENT ?= true
+
+.PHONY: help setup system-packages test demo collect status bench clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+# --- set-up ---------------------------------------------------------------------------------
+# System packages are installed only when running as root on a Debian/Ubuntu machine and one
+# of them is missing; elsewhere the suite uses whatever the machine already provides.
+system-packages: ## install Slurm, munge and OpenMPI with apt-get (root on Debian/Ubuntu only)
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing system packages: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	elif command -v dpkg-query >/dev/null; then \
+		echo "warning: missing system packages (install them as root): $$missing" >&2; \
+	fi
+
+# The virtual environment is rebuilt when pyproject.toml changes. torch is installed first and
+# alone, pinned, so that pip takes the CPU build instead of pulling the CUDA packages.
+$(STAMPS)/venv: pyproject.toml
+	@mkdir -p $(STAMPS)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+setup: system-packages $(STAMPS)/venv ## create .venv and install everything the suite needs
+
+# --- use ----------------------------------------------------------------------------------
+test: setup ## run the whole test suite (what CI runs)
+	$(PY) -m pytest -q
+
+demo: setup ## run the demo pipeline on configs/demo.yaml into a fresh RUN_DIR (default runs/demo)
+	@if [ -e "$(RUN_DIR)/config.yaml" ] && [ "$(RUN_DIR)" = runs/demo ]; then rm -rf runs/demo; fi
+	$(PY) -m worldmodels collect --config $(CONFIG) --run-dir $(RUN_DIR) $(OVERRIDES)
+	$(PY) -m worldmodels status $(RUN_DIR)
+	@echo "results: $(RUN_DIR) (rollouts in $(RUN_DIR)/data/rollouts.zarr)"
+
+collect: setup ## run the collect stage locally (CONFIG, RUN_DIR, OVERRIDES)
+	$(PY) -m worldmodels collect --config $(CONFIG) --run-dir $(RUN_DIR) $(OVERRIDES)
+
+status: setup ## show where each stage of RUN_DIR stands
+	$(PY) -m worldmodels status $(RUN_DIR)
+
+bench: setup ## run the benchmarks: each hot path against its physical limit
+	$(PY) benchmarks/collect.py
+
+clean: ## remove the virtual environment and the set-up stamps (runs/ is kept)
+	rm -rf $(VENV) $(STAMPS)

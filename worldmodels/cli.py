@@ -1,0 +1,86 @@
+"""`python -m worldmodels STAGE --config configs/NAME.yaml --run-dir DIR [key.sub=value ...]`.
+
+Every stage runs in-process and resumes when rerun with the same arguments. Errors a user can
+fix are printed as one line and exit 2; an interrupted stage exits 75 (rerun to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from worldmodels.errors import Interrupted, WorldModelsError
+from worldmodels.preemption import REQUEUE_EXIT_CODE
+
+
+def _stage_parser(sub: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=help)
+    p.add_argument("--config", type=Path, help="preset YAML (default: the run directory's saved config.yaml)")
+    p.add_argument("--run-dir", type=Path, required=True, help="the run directory (created, or resumed)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. collect.episodes=8")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m worldmodels", description="World Models for Atari Space Invaders: "
+                                     "every stage is a resumable batch job over a run directory.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
+    p = _stage_parser(sub, "collect", "play random-policy episodes into RUN_DIR/data/rollouts.zarr")
+    p.add_argument("--task", type=int, default=0, help="which task to run (episodes k with k %% num-tasks == task)")
+    p.add_argument("--num-tasks", type=int, default=1, help="how many tasks share the episodes (default 1: all)")
+    p = sub.add_parser("status", help="show where each stage of a run directory stands",
+                       description="show where each stage of a run directory stands")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace):
+    """The config for a stage command: the preset plus overrides, or the run directory's saved one."""
+    from worldmodels import config as config_lib
+    from worldmodels import rundir
+    from worldmodels.errors import ConfigError
+
+    if args.config is None:
+        saved = rundir.saved_config(args.run_dir)
+        if saved is None:
+            raise ConfigError(f"--config is required: {args.run_dir} has no saved config.yaml yet")
+        if args.overrides:
+            raise ConfigError("overrides need --config (a run directory's saved config cannot be changed)")
+        return saved
+    return config_lib.load(args.config, args.overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "status":
+        from worldmodels.status import format_status, run_status, to_json
+
+        status = run_status(args.run_dir)
+        print(to_json(status) if args.json else format_status(status))
+        return 0
+    cfg = resolve_config(args)
+    if args.command == "collect":
+        from worldmodels.collect import collect, rollouts_path
+
+        summary = collect(cfg, args.run_dir, task=args.task, num_tasks=args.num_tasks)
+        print(f"collect: {summary['episodes']} episodes in {rollouts_path(args.run_dir)} "
+              f"({summary['collected']} collected now)")
+        return 0
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except WorldModelsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Interrupted as exc:
+        print(f"{args.command}: {exc}", file=sys.stderr)
+        return REQUEUE_EXIT_CODE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

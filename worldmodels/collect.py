@@ -1,0 +1,129 @@
+"""The collect stage: play episodes with a policy and commit each whole into data/rollouts.zarr.
+
+Episode k belongs to task k % num_tasks, is seeded from (run seed, k) and lands in its own slot
+of the store, so the dataset is the same whatever the number of tasks, their order, or how often
+they were interrupted: a rerun skips committed episodes and replays uncommitted ones from scratch.
+
+Row t of an episode holds observation t and the transition that produced it: actions[t],
+rewards[t], terminated[t] and truncated[t] belong to the step from observation t-1 to t (row 0,
+the reset observation, has action 0 and reward 0). An episode of T steps has T + 1 rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from worldmodels import rundir
+from worldmodels.config import Config
+from worldmodels.dataset import EpisodeStore, Field, slot_rows
+from worldmodels.errors import ConfigError
+from worldmodels.preemption import StopFlag
+from worldmodels.tracking import Tracker
+
+STAGE = "collect"
+
+
+def rollouts_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "data" / "rollouts.zarr"
+
+
+def rollout_fields(cfg: Config) -> dict[str, Field]:
+    size = cfg.env.size
+    return {
+        "frames": Field("uint8", (size, size, 3)),
+        "actions": Field("int64"),
+        "rewards": Field("float32"),
+        "terminated": Field("bool"),
+        "truncated": Field("bool"),
+    }
+
+
+def open_rollouts(cfg: Config, run_dir: str | Path) -> EpisodeStore:
+    """The run's rollout store, created on first use with the layout `cfg` implies."""
+    return EpisodeStore.create(
+        rollouts_path(run_dir), fields=rollout_fields(cfg), episodes=cfg.collect.episodes,
+        slot=slot_rows(cfg.env.max_steps, cfg.collect.chunk_steps), chunk_steps=cfg.collect.chunk_steps,
+        attrs={"env_id": cfg.env.id, "frame_skip": cfg.env.frame_skip, "noop_max": cfg.env.noop_max, "seed": cfg.seed},
+    )
+
+
+def task_episodes(episodes: int, task: int, num_tasks: int) -> range:
+    """The episodes task `task` of `num_tasks` owns (strided, so tasks get similar amounts)."""
+    if num_tasks < 1 or not 0 <= task < num_tasks:
+        raise ConfigError(f"task {task} is not one of 0..{num_tasks - 1}")
+    return range(task, episodes, num_tasks)
+
+
+def collect(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1) -> dict[str, Any]:
+    """Play and commit every uncommitted episode of this task; returns a summary.
+
+    Raises Interrupted (after committing whole episodes only) on SIGTERM/SIGUSR2.
+    """
+    from worldmodels.envs import AtariEnv, episode_rng, episode_seed, game_of
+    from worldmodels.policies import make_policy
+
+    owned = task_episodes(cfg.collect.episodes, task, num_tasks)
+    game_of(cfg.env.id)  # fail on a bad env id before anything is written
+    run_dir = rundir.prepare(run_dir, cfg)
+    store = open_rollouts(cfg, run_dir)
+    lengths = store.lengths()
+    todo = [k for k in owned if lengths[k] == 0]
+    batch = max(1, min(cfg.collect.envs_per_task, len(todo)))
+    envs = [AtariEnv(cfg.env) for _ in range(batch)]
+    policy = make_policy(cfg, envs[0].num_actions, batch)
+    with Tracker(cfg, run_dir, STAGE, total=len(owned), done=len(owned) - len(todo), unit="episodes",
+                 task=task if num_tasks > 1 else None) as tracker, StopFlag() as stop:
+        queue = iter(todo)
+        episodes: list[_Episode | None] = [None] * batch
+
+        def start(slot: int) -> None:
+            k = next(queue, None)
+            if k is None:
+                episodes[slot] = None
+                return
+            seed = episode_seed(cfg.seed, k)
+            obs, _ = envs[slot].reset(seed=seed)
+            policy.begin(slot, episode_rng(cfg.seed, k, stream=1))
+            episodes[slot] = _Episode(k, seed, obs)
+
+        for slot in range(batch):
+            start(slot)
+        while any(e is not None for e in episodes):
+            stop.check()  # an uncommitted episode is dropped here and replayed on the rerun
+            slots = np.array([i for i, e in enumerate(episodes) if e is not None])
+            obs = np.stack([episodes[i].frames[-1] for i in slots])
+            actions = policy.act(obs, slots)
+            for slot, action in zip(slots, actions):
+                episode = episodes[slot]
+                obs, reward, terminated, truncated, _ = envs[slot].step(int(action))
+                episode.add(obs, int(action), reward, terminated, truncated)
+                if terminated or truncated:
+                    store.write_episode(episode.k, episode.arrays(), ret=episode.ret, seed=episode.seed)
+                    tracker.advance(1, **{"episode/return": episode.ret, "episode/length": len(episode.actions) - 1})
+                    start(slot)
+    return {"episodes": len(owned), "collected": len(todo)}
+
+
+class _Episode:
+    """The rows of one episode being played, kept in memory until it is committed whole."""
+
+    def __init__(self, k: int, seed: int, obs: np.ndarray):
+        self.k, self.seed, self.ret = k, seed, 0.0
+        self.frames = [obs]
+        self.actions, self.rewards, self.terminated, self.truncated = [0], [0.0], [False], [False]
+
+    def add(self, obs: np.ndarray, action: int, reward: float, terminated: bool, truncated: bool) -> None:
+        self.frames.append(obs)
+        self.actions.append(action)
+        self.rewards.append(reward)
+        self.terminated.append(terminated)
+        self.truncated.append(truncated)
+        self.ret += reward
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"frames": np.stack(self.frames), "actions": np.asarray(self.actions),
+                "rewards": np.asarray(self.rewards), "terminated": np.asarray(self.terminated),
+                "truncated": np.asarray(self.truncated)}

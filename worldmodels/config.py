@@ -1,0 +1,232 @@
+"""Typed, frozen configuration: one dataclass per stage, YAML presets, `key.sub=value` overrides.
+
+The dataclass defaults are the base layer (paper scale). A preset in `configs/` overrides some of
+them and may name another preset under `extends:` to layer on it; command-line overrides come
+last. Unknown keys and values of the wrong type are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from worldmodels.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """The Atari environment and its standard wrapper stack."""
+
+    id: str = "SpaceInvadersNoFrameskip-v4"  # a gymnasium ALE id with frameskip 1 (a NoFrameskip id)
+    frame_skip: int = 4  # emulator frames per agent step; the last two are max-pooled
+    noop_max: int = 30  # each episode starts with 0..noop_max no-op steps (seeded per episode)
+    size: int = 64  # observations are size x size RGB uint8
+    max_steps: int = 27_000  # agent steps before an episode is truncated (108,000 frames)
+
+    def __post_init__(self) -> None:
+        _check(self.frame_skip >= 2, "env.frame_skip", "must be >= 2 (the last two frames are max-pooled)")
+        _check(self.noop_max >= 0, "env.noop_max", "must be >= 0")
+        _check(8 <= self.size <= 210, "env.size", "must be between 8 and 210")
+        _check(self.max_steps >= 1, "env.max_steps", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """Rollout collection into `data/rollouts.zarr`."""
+
+    episodes: int = 10_000  # episodes in the dataset (the paper used 10,000 random rollouts)
+    policy: str = "random"  # which policy plays: "random" (see worldmodels.policies)
+    action_repeat_max: int = 10  # the random policy holds each action for 1..N agent steps
+    envs_per_task: int = 1  # episodes a task plays in lockstep (one batched policy call per step)
+    chunk_steps: int = 128  # steps per Zarr chunk along time (the read unit of the loaders)
+
+    def __post_init__(self) -> None:
+        _check(self.episodes >= 1, "collect.episodes", f"must be >= 1, got {self.episodes}")
+        _check(self.action_repeat_max >= 1, "collect.action_repeat_max", "must be >= 1")
+        _check(self.envs_per_task >= 1, "collect.envs_per_task", "must be >= 1")
+        _check(self.chunk_steps >= 1, "collect.chunk_steps", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Progress output and experiment tracking, shared by every stage."""
+
+    every_s: float = 30.0  # seconds between plain log lines when stderr is not a terminal
+    wandb: bool = True  # track metrics with wandb (offline unless WANDB_MODE says otherwise)
+    project: str = "worldmodels-spaceinvaders"  # wandb project
+
+    def __post_init__(self) -> None:
+        _check(self.every_s > 0, "logging.every_s", "must be > 0")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole experiment: every stage's settings and the run seed."""
+
+    seed: int = 0  # the run seed; every episode and model seed derives from it
+    env: EnvConfig = field(default_factory=EnvConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.seed >= 0, "seed", "must be >= 0")
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}' {message}")
+
+
+# --- building a Config from nested dicts ---------------------------------------------------------
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Build a Config from nested plain data, rejecting unknown keys and wrong types."""
+    return _build(Config, data, prefix="")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Nested plain data (YAML-safe: tuples become lists) of a Config or any of its sections."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"unknown config key '{prefix}{key}' (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, prefix=f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(hint, value, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    """Check `value` against a field's type; ints are accepted where floats are expected."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            if option is type(None) and value is None:
+                return None
+            try:
+                return _coerce(option, value, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"config key '{key}' must be {_type_name(hint)}, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+        return tuple(_coerce(item, v, key) for v in value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"config key '{key}' must be {_type_name(hint)}, got {value!r}")
+    if not isinstance(value, hint):
+        raise ConfigError(f"config key '{key}' must be {_type_name(hint)}, got {value!r}")
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint))
+
+
+# --- presets and overrides ------------------------------------------------------------------------
+
+
+def load(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Resolve a preset file (with its `extends:` chain) and `key.sub=value` overrides."""
+    data: dict[str, Any] = _read_preset(Path(path), seen=()) if path else {}
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_path(data, key, value)
+    return from_dict(data)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Split `key.sub=value`; the value is parsed as YAML (`4`, `0.5`, `true`, `[1, 2]`, `text`)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{item}' must look like key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _read_preset(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    if path.resolve() in seen:
+        raise ConfigError(f"config file '{path}' extends itself")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    base = _read_preset(path.parent / parent, seen + (path.resolve(),))
+    return _merge(base, data)
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{dotted}': '{part}' is not a section")
+        node = child
+    node[leaf] = value
+
+
+def diff(saved: dict[str, Any], given: dict[str, Any], prefix: str = "") -> list[str]:
+    """Human-readable differences between two nested config dicts, one `key: a -> b` each."""
+    out = []
+    for key in sorted(set(saved) | set(given)):
+        a, b = saved.get(key, "<absent>"), given.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += diff(a, b, prefix=f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} (saved) != {b!r} (given)")
+    return out
+
+
+def dump(cfg: Config) -> str:
+    """The resolved config as YAML text, in field order."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,125 @@
+"""Atari through ale-py with the standard wrapper stack built in, and per-episode seeding.
+
+`AtariEnv` gives the same observations as gymnasium's `AtariPreprocessing` (no-op starts,
+frameskip with a max over the last two frames, INTER_AREA resize to size x size RGB) on top
+of the `NoFrameskip` game, but drives `ALEInterface` directly: it grabs the screen only on the
+two frames that are pooled and skips the per-frame wrapper layers, which keeps it at emulator
+speed (see benchmarks/collect.py). Each episode restarts from the same power-on state, so an
+episode depends only on its seed and its actions, never on the episodes played before it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from worldmodels.config import EnvConfig
+from worldmodels.errors import ConfigError
+
+
+def game_of(env_id: str) -> str:
+    """The ALE ROM name behind a gymnasium id; a clear error for ids that are not frameskip-1 Atari."""
+    import ale_py
+
+    gym.register_envs(ale_py)
+    try:
+        spec = gym.spec(env_id)
+    except gym.error.Error:
+        raise ConfigError(f"config key 'env.id': unknown environment '{env_id}' (expected an ALE id such as SpaceInvadersNoFrameskip-v4)") from None
+    game = spec.kwargs.get("game")
+    if game is None or "ale_py" not in str(spec.entry_point):
+        raise ConfigError(f"config key 'env.id': '{env_id}' is not an Atari (ale-py) environment")
+    if spec.kwargs.get("frameskip") != 1 or spec.kwargs.get("repeat_action_probability", 0.0) != 0.0:
+        raise ConfigError(f"config key 'env.id': '{env_id}' skips frames or repeats actions itself; use its NoFrameskip-v4 id")
+    return game
+
+
+def episode_seed(run_seed: int, episode: int) -> int:
+    """The environment seed of episode `episode` of a run: anyone who collects it gets the same frames."""
+    return int(np.random.SeedSequence([run_seed, episode]).generate_state(1, np.uint32)[0])
+
+
+def episode_rng(run_seed: int, episode: int, stream: int) -> np.random.Generator:
+    """An independent random stream of an episode, one per consumer (stream 1: the behaviour policy)."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([run_seed, episode, stream])))
+
+
+class AtariEnv(gym.Env):
+    """One Atari game as a gymnasium env (so gymnasium's wrappers, e.g. RecordVideo, apply).
+
+    Observations are uint8 [size, size, 3]; actions index the game's minimal action set.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 15}
+
+    def __init__(self, cfg: EnvConfig, render_mode: str | None = None):
+        import ale_py
+
+        self.cfg = cfg
+        self.render_mode = render_mode
+        ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)  # before construction: no banner
+        self._ale = ale_py.ALEInterface()
+        self._ale.setFloat("repeat_action_probability", 0.0)
+        self._ale.setInt("random_seed", 0)
+        self._ale.loadROM(ale_py.roms.get_rom_path(game_of(cfg.id)))
+        # Restoring this state starts every episode from the same point, which is cheaper than
+        # gymnasium's reseed-by-reloading-the-ROM (about 0.1 s) and has the same effect here:
+        # with repeat_action_probability 0 the emulator draws no random numbers.
+        self._power_on = self._ale.cloneState()
+        self._actions = self._ale.getMinimalActionSet()
+        h, w = self._ale.getScreenDims()
+        self._pool = np.zeros((2, h, w, 3), dtype=np.uint8)
+        self.action_space = gym.spaces.Discrete(len(self._actions))
+        self.observation_space = gym.spaces.Box(0, 255, (cfg.size, cfg.size, 3), np.uint8)
+        self._np_random = np.random.default_rng()
+        self._steps = 0
+
+    @property
+    def num_actions(self) -> int:
+        return len(self._actions)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        """Start an episode: power-on state, then 1..noop_max no-op frames drawn from `seed`."""
+        if seed is not None:
+            self._np_random = np.random.default_rng(seed)
+        self._ale.restoreState(self._power_on)
+        noops = int(self.np_random.integers(1, self.cfg.noop_max + 1)) if self.cfg.noop_max > 0 else 0
+        for _ in range(noops):
+            self._ale.act(self._actions[0])
+            if self._ale.game_over():
+                self._ale.restoreState(self._power_on)
+        self._ale.getScreenRGB(self._pool[0])
+        self._pool[1] = 0
+        self._steps = 0
+        return self._observation(), {"noops": noops}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        """Repeat `action` for frame_skip frames; observe the max of the last two frames."""
+        ale, act, skip = self._ale, self._actions[int(action)], self.cfg.frame_skip
+        reward = 0.0
+        terminated = False
+        for t in range(skip):
+            reward += ale.act(act)
+            if ale.game_over():
+                terminated = True
+                break
+            if t == skip - 2:
+                ale.getScreenRGB(self._pool[1])
+            elif t == skip - 1:
+                ale.getScreenRGB(self._pool[0])
+        self._steps += 1
+        truncated = not terminated and self._steps >= self.cfg.max_steps
+        return self._observation(), reward, terminated, truncated, {}
+
+    def render(self) -> np.ndarray | None:
+        """The full-resolution screen (for videos), when made with render_mode='rgb_array'."""
+        return self._ale.getScreenRGB() if self.render_mode == "rgb_array" else None
+
+    def _observation(self) -> np.ndarray:
+        import cv2
+
+        np.maximum(self._pool[0], self._pool[1], out=self._pool[0])
+        size = self.cfg.size
+        return cv2.resize(self._pool[0], (size, size), interpolation=cv2.INTER_AREA)
