@@ -63,10 +63,11 @@ def collect(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1)
     Raises Interrupted (after committing whole episodes only) on SIGTERM/SIGUSR2.
     """
     from worldmodels.envs import AtariEnv, episode_rng, episode_seed, game_of
-    from worldmodels.policies import make_policy
+    from worldmodels.policies import policy_factory
 
     owned = task_episodes(cfg.collect.episodes, task, num_tasks)
-    game_of(cfg.env.id)  # fail on a bad env id before anything is written
+    game_of(cfg.env.id)  # fail on a bad env id or policy before anything is written
+    make_policy = policy_factory(cfg)
     run_dir = rundir.prepare(run_dir, cfg)
     store = open_rollouts(cfg, run_dir)
     lengths = store.lengths()

@@ -56,10 +56,9 @@ POLICIES: dict[str, PolicyFactory] = {
 }
 
 
-def make_policy(cfg: Config, num_actions: int, batch: int) -> Policy:
-    """The policy `collect.policy` names, for `batch` lockstep episodes."""
+def policy_factory(cfg: Config) -> PolicyFactory:
+    """The factory of the policy `collect.policy` names (checked before any work starts)."""
     try:
-        factory = POLICIES[cfg.collect.policy]
+        return POLICIES[cfg.collect.policy]
     except KeyError:
         raise ConfigError(f"config key 'collect.policy': unknown policy '{cfg.collect.policy}' (known: {', '.join(POLICIES)})") from None
-    return factory(cfg, num_actions, batch)

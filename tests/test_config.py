@@ -1,0 +1,91 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, SMOKE, run_cli
+from worldmodels import config, rundir
+from worldmodels.errors import ConfigError
+
+
+def test_every_preset_resolves_and_layers_on_the_defaults():
+    for name in ("smoke", "demo", "spaceinvaders"):
+        cfg = config.load(ROOT / "configs" / f"{name}.yaml")
+        assert cfg.env.id == "SpaceInvadersNoFrameskip-v4"
+    smoke = config.load(SMOKE)
+    assert smoke.collect.episodes == 6
+    assert smoke.collect.action_repeat_max == config.CollectConfig().action_repeat_max  # untouched default
+
+
+def test_overrides_parse_yaml_values_and_coerce_ints_to_floats():
+    cfg = config.load(SMOKE, ["collect.episodes=9", "logging.every_s=2", "env.id=PongNoFrameskip-v4", "logging.wandb=true"])
+    assert cfg.collect.episodes == 9
+    assert cfg.logging.every_s == 2.0 and isinstance(cfg.logging.every_s, float)
+    assert cfg.env.id == "PongNoFrameskip-v4"
+    assert cfg.logging.wandb is True
+
+
+@pytest.mark.parametrize("override, key", [
+    ("collect.epsiodes=3", "collect.epsiodes"),
+    ("colect.episodes=3", "colect"),
+    ("collect.episodes=three", "collect.episodes"),
+    ("collect.episodes=2.5", "collect.episodes"),
+    ("collect.episodes=true", "collect.episodes"),
+    ("logging.wandb=3", "logging.wandb"),
+    ("collect.episodes=-4", "collect.episodes"),
+    ("env.size=1000", "env.size"),
+    ("collect=3", "collect"),
+])
+def test_bad_keys_and_values_are_errors_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        config.load(SMOKE, [override])
+
+
+def test_malformed_override_is_an_error():
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        config.load(SMOKE, ["collect.episodes"])
+
+
+def test_preset_extends_another_and_detects_cycles(tmp_path):
+    (tmp_path / "base.yaml").write_text("seed: 3\ncollect:\n  episodes: 5\n  chunk_steps: 8\n")
+    (tmp_path / "top.yaml").write_text("extends: base.yaml\ncollect:\n  episodes: 11\n")
+    cfg = config.load(tmp_path / "top.yaml")
+    assert (cfg.seed, cfg.collect.episodes, cfg.collect.chunk_steps) == (3, 11, 8)
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        config.load(tmp_path / "loop.yaml")
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.load(tmp_path / "missing.yaml")
+
+
+def test_configs_are_frozen(smoke_cfg):
+    with pytest.raises(Exception):
+        smoke_cfg.seed = 3
+
+
+def test_first_start_saves_the_resolved_config_and_a_different_one_is_refused(tmp_path, smoke_cfg):
+    run = tmp_path / "run"
+    rundir.prepare(run, smoke_cfg)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved == config.to_dict(smoke_cfg)
+    assert rundir.saved_config(run) == smoke_cfg
+    rundir.prepare(run, smoke_cfg)  # the same config resumes
+    other = config.load(SMOKE, ["collect.episodes=7", "seed=1"])
+    with pytest.raises(ConfigError) as info:
+        rundir.prepare(run, other)
+    message = str(info.value)
+    assert "collect.episodes: 6 (saved) != 7 (given)" in message and "seed: 7 (saved) != 1 (given)" in message
+    assert "\n" not in message
+
+
+def test_cli_reports_a_config_error_in_one_line_and_exits_2(tmp_path):
+    proc = run_cli("collect", "--config", SMOKE, "--run-dir", tmp_path / "r", "collect.episodez=2", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "collect.episodez" in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_help_lists_the_stages():
+    proc = run_cli("--help")
+    assert "collect" in proc.stdout and "status" in proc.stdout

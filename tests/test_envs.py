@@ -1,0 +1,110 @@
+import dataclasses
+
+import cv2
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from worldmodels.config import EnvConfig
+from worldmodels.envs import AtariEnv, episode_seed
+from worldmodels.errors import ConfigError
+
+
+def play(env, seed, actions):
+    obs, _ = env.reset(seed=seed)
+    frames, rewards = [obs], []
+    for a in actions:
+        obs, r, term, trunc, _ = env.step(a)
+        frames.append(obs)
+        rewards.append(r)
+        if term or trunc:
+            break
+    return np.stack(frames), np.array(rewards)
+
+
+def test_observations_are_small_rgb_uint8():
+    env = AtariEnv(EnvConfig())
+    obs, info = env.reset(seed=1)
+    assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8
+    assert env.num_actions == 6 and env.action_space.n == 6
+    assert 1 <= info["noops"] <= 30
+    obs, reward, terminated, truncated, _ = env.step(1)
+    assert obs.shape == (64, 64, 3) and isinstance(reward, float)
+    assert env.observation_space.contains(obs)
+
+
+def test_matches_gymnasiums_standard_atari_preprocessing_frame_for_frame():
+    # gymnasium's AtariPreprocessing (frameskip 4, max over the last two frames, INTER_AREA
+    # resize) over the NoFrameskip game is the reference wrapper stack.
+    import ale_py
+
+    gym.register_envs(ale_py)
+    reference = gym.wrappers.AtariPreprocessing(gym.make("SpaceInvadersNoFrameskip-v4"), noop_max=0, frame_skip=4,
+                                                screen_size=64, grayscale_obs=False)
+    ours = AtariEnv(EnvConfig(noop_max=0))
+    actions = np.random.default_rng(0).integers(0, 6, 300)
+    ref_frames, ref_rewards = [reference.reset(seed=0)[0]], []
+    for a in actions:
+        obs, r, term, trunc, _ = reference.step(int(a))
+        ref_frames.append(obs)
+        ref_rewards.append(r)
+    frames, rewards = play(ours, 0, actions)
+    np.testing.assert_array_equal(frames, np.stack(ref_frames))
+    np.testing.assert_array_equal(rewards, ref_rewards)
+    assert rewards.sum() > 0  # the comparison covered scoring, not only an idle screen
+
+
+def test_observation_is_the_max_of_the_last_two_frames():
+    # Space Invaders' lasers blink on alternate frames: a single frame would lose them.
+    import ale_py
+
+    cfg = EnvConfig(noop_max=0)
+    env = AtariEnv(cfg)
+    env.reset(seed=0)
+    raw = ale_py.ALEInterface()
+    raw.setFloat("repeat_action_probability", 0.0)
+    raw.loadROM(ale_py.roms.get_rom_path("space_invaders"))
+    actions = raw.getMinimalActionSet()
+    differed = 0
+    for step in range(120):
+        a = step % 6
+        obs, *_ = env.step(a)
+        screens = []
+        for _ in range(4):
+            raw.act(actions[a])
+            screens.append(raw.getScreenRGB())
+        expected = cv2.resize(np.maximum(screens[2], screens[3]), (64, 64), interpolation=cv2.INTER_AREA)
+        np.testing.assert_array_equal(obs, expected)
+        last_only = cv2.resize(screens[3], (64, 64), interpolation=cv2.INTER_AREA)
+        differed += not np.array_equal(obs, last_only)
+    assert differed > 0  # pooling changed what is seen on some steps
+
+
+def test_episode_k_is_reproduced_exactly_whatever_ran_before():
+    cfg = EnvConfig()
+    actions = np.random.default_rng(1).integers(0, 6, 200)
+    first, _ = play(AtariEnv(cfg), episode_seed(5, 3), actions)
+    env = AtariEnv(cfg)
+    play(env, episode_seed(5, 0), actions[::-1])  # another episode first, in the same emulator
+    again, _ = play(env, episode_seed(5, 3), actions)
+    np.testing.assert_array_equal(first, again)
+    other, _ = play(AtariEnv(cfg), episode_seed(5, 4), actions)
+    assert episode_seed(5, 3) != episode_seed(5, 4) != episode_seed(6, 3)
+    assert not np.array_equal(first, other[: len(first)])
+
+
+def test_episode_is_truncated_at_max_steps():
+    env = AtariEnv(EnvConfig(max_steps=5))
+    env.reset(seed=0)
+    flags = [env.step(0)[3] for _ in range(5)]
+    assert flags == [False] * 4 + [True]
+
+
+@pytest.mark.parametrize("env_id, message", [
+    ("SpaceInvadersNoFrameskip-v9", "unknown environment"),
+    ("CartPole-v1", "not an Atari"),
+    ("ALE/SpaceInvaders-v5", "NoFrameskip"),
+])
+def test_unusable_env_ids_are_clear_errors(env_id, message):
+    with pytest.raises(ConfigError, match=message):
+        AtariEnv(dataclasses.replace(EnvConfig(), id=env_id))
