@@ -8,7 +8,9 @@ PYTHON    ?= python3
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
 CONFIG    ?= configs/demo.yaml
-RUN_DIR   ?= runs/demo
+RUN_DIR   ?= runs/latest
+# `make demo` starts a fresh run directory unless RUN_DIR is given; runs/latest points at it.
+DEMO_DIR  := $(if $(filter command line environment,$(origin RUN_DIR)),$(RUN_DIR),runs/demo-$(shell date +%Y%m%d-%H%M%S))
 OVERRIDES ?=
 STAMPS    := .make
 SYSTEM_PACKAGES := slurm-wlm munge openmpi-bin libopenmpi-dev
@@ -49,11 +51,11 @@ setup: system-packages $(STAMPS)/venv ## create .venv and install everything the
 test: setup ## run the whole test suite (what CI runs)
 	$(PY) -m pytest -q
 
-demo: setup ## run the demo pipeline on configs/demo.yaml into a fresh RUN_DIR (default runs/demo)
-	@if [ -e "$(RUN_DIR)/config.yaml" ] && [ "$(RUN_DIR)" = runs/demo ]; then rm -rf runs/demo; fi
-	$(PY) -m worldmodels collect --config $(CONFIG) --run-dir $(RUN_DIR) $(OVERRIDES)
-	$(PY) -m worldmodels status $(RUN_DIR)
-	@echo "results: $(RUN_DIR) (rollouts in $(RUN_DIR)/data/rollouts.zarr)"
+demo: setup ## run the demo pipeline (configs/demo.yaml) into a fresh run directory
+	@mkdir -p runs && ln -sfn "$(abspath $(DEMO_DIR))" runs/latest
+	$(PY) -m worldmodels collect --config $(CONFIG) --run-dir $(DEMO_DIR) $(OVERRIDES)
+	@$(PY) -m worldmodels status $(DEMO_DIR)
+	@echo "demo finished: run directory $(DEMO_DIR) (also runs/latest); rollouts in $(DEMO_DIR)/data/rollouts.zarr"
 
 collect: setup ## run the collect stage locally (CONFIG, RUN_DIR, OVERRIDES)
 	$(PY) -m worldmodels collect --config $(CONFIG) --run-dir $(RUN_DIR) $(OVERRIDES)

@@ -89,3 +89,17 @@ def test_cli_reports_a_config_error_in_one_line_and_exits_2(tmp_path):
 def test_cli_help_lists_the_stages():
     proc = run_cli("--help")
     assert "collect" in proc.stdout and "status" in proc.stdout
+
+
+def test_readme_documents_every_config_key_with_its_default():
+    readme = (ROOT / "README.md").read_text()
+
+    def keys(data, prefix=""):
+        for key, value in data.items():
+            if isinstance(value, dict):
+                yield from keys(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    for key, default in keys(config.to_dict(config.Config())):
+        assert f"| `{key}` | {default} |" in readme, f"README's configuration reference lacks {key} (default {default})"
