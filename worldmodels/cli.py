@@ -29,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = _stage_parser(sub, "collect", "play random-policy episodes into RUN_DIR/data/rollouts.zarr")
     p.add_argument("--task", type=int, default=0, help="which task to run (episodes k with k %% num-tasks == task)")
     p.add_argument("--num-tasks", type=int, default=1, help="how many tasks share the episodes (default 1: all)")
+    _stage_parser(sub, "train-vae", "train V, the VAE, on the rollouts into RUN_DIR/checkpoints/vae")
+    p = _stage_parser(sub, "encode", "encode every episode to mu/logvar in RUN_DIR/data/latents.zarr")
+    p.add_argument("--task", type=int, default=0, help="which task to run (episodes k with k %% num-tasks == task)")
+    p.add_argument("--num-tasks", type=int, default=1, help="how many tasks share the episodes (default 1: all)")
+    _stage_parser(sub, "train-mdnrnn", "train M, the MDN-RNN, on the latents into RUN_DIR/checkpoints/mdnrnn")
     p = sub.add_parser("status", help="show where each stage of a run directory stands",
                        description="show where each stage of a run directory stands")
     p.add_argument("run_dir", type=Path)
@@ -67,11 +72,30 @@ def run(args: argparse.Namespace) -> int:
         print(f"collect: {summary['episodes']} episodes in {rollouts_path(args.run_dir)} "
               f"({summary['collected']} collected now)")
         return 0
+    if args.command == "train-vae":
+        from worldmodels.train_vae import train_vae
+
+        print(f"train-vae: finished at step {train_vae(cfg, args.run_dir)}")
+        return 0
+    if args.command == "encode":
+        from worldmodels.encode import encode, latents_path
+
+        summary = encode(cfg, args.run_dir, task=args.task, num_tasks=args.num_tasks)
+        print(f"encode: {summary['episodes']} episodes in {latents_path(args.run_dir)} ({summary['encoded']} encoded now)")
+        return 0
+    if args.command == "train-mdnrnn":
+        from worldmodels.train_mdnrnn import train_mdnrnn
+
+        print(f"train-mdnrnn: finished at step {train_mdnrnn(cfg, args.run_dir)}")
+        return 0
     raise AssertionError(args.command)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from worldmodels.tracking import setup_logging
+
     args = build_parser().parse_args(argv)
+    setup_logging()
     try:
         return run(args)
     except WorldModelsError as exc:

@@ -54,6 +54,82 @@ class CollectConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """What every training stage shares: device, checkpoint cadence, logging cadence."""
+
+    device: str = "auto"  # "auto" (CUDA when available), "cpu" or "cuda"
+    checkpoint_every_steps: int = 1000  # save after this many steps ...
+    checkpoint_every_s: float = 600.0  # ... or this many seconds, whichever comes first
+    keep_checkpoints: int = 3  # the last K checkpoints are kept
+    log_every_steps: int = 50  # metrics are logged every N steps
+
+    def __post_init__(self) -> None:
+        _check(self.device in ("auto", "cpu", "cuda"), "train.device", f"must be auto, cpu or cuda, got {self.device!r}")
+        _check(self.checkpoint_every_steps >= 1, "train.checkpoint_every_steps", "must be >= 1")
+        _check(self.checkpoint_every_s > 0, "train.checkpoint_every_s", "must be > 0")
+        _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+        _check(self.log_every_steps >= 1, "train.log_every_steps", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """V: the convolutional VAE and its training (train-vae)."""
+
+    z_size: int = 32  # latent size (the paper: 32 for CarRacing, 64 for Doom)
+    kl_tolerance: float = 0.5  # KL per frame is floored at kl_tolerance * z_size nats
+    lr: float = 1e-4  # Adam learning rate
+    batch_size: int = 100  # frames per step
+    steps: int = 100_000  # optimizer steps (about 1 epoch of 10,000 episodes per 10,000 steps)
+    block_chunks: int = 64  # frame chunks shuffled together in memory (bounds the loader's memory)
+    loader_workers: int = 1  # threads reading the next blocks ahead
+    compile: bool = False  # torch.compile the model (CUDA only)
+
+    def __post_init__(self) -> None:
+        _check(self.z_size >= 1, "vae.z_size", "must be >= 1")
+        _check(self.lr > 0, "vae.lr", "must be > 0")
+        _check(self.batch_size >= 1, "vae.batch_size", "must be >= 1")
+        _check(self.steps >= 1, "vae.steps", "must be >= 1")
+        _check(self.block_chunks >= 1, "vae.block_chunks", "must be >= 1")
+        _check(self.loader_workers >= 1, "vae.loader_workers", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    """encode: every episode's frames to per-step mu and logvar in data/latents.zarr."""
+
+    vae: str = ""  # a VAE checkpoint file to encode with ("": this run's finished train-vae)
+    batch_size: int = 512  # frames per encoder call
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "encode.batch_size", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class MDNRNNConfig:
+    """M: the MDN-RNN and its training on latent sequences (train-mdnrnn)."""
+
+    hidden: int = 256  # LSTM units
+    gaussians: int = 5  # mixture components per latent dimension
+    seq_len: int = 500  # steps per training sequence (episodes are cut into windows)
+    batch_size: int = 100  # sequences per step
+    lr: float = 1e-3  # Adam learning rate
+    grad_clip: float = 1.0  # gradient norm clip
+    steps: int = 20_000  # optimizer steps
+    reward_scale: float = 0.1  # the reward head predicts reward * reward_scale
+    done_weight: float = 10.0  # weight of game-over steps in the done loss (they are rare)
+    block_episodes: int = 64  # episodes shuffled together in memory
+    loader_workers: int = 1  # threads reading the next blocks ahead
+    tau: float = 1.15  # sampling temperature of dreams
+
+    def __post_init__(self) -> None:
+        for key in ("hidden", "gaussians", "seq_len", "batch_size", "steps", "block_episodes", "loader_workers"):
+            _check(getattr(self, key) >= 1, f"mdnrnn.{key}", "must be >= 1")
+        _check(self.lr > 0, "mdnrnn.lr", "must be > 0")
+        _check(self.grad_clip > 0, "mdnrnn.grad_clip", "must be > 0")
+        _check(self.tau > 0, "mdnrnn.tau", "must be > 0")
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     """Progress output and experiment tracking, shared by every stage."""
 
@@ -72,6 +148,10 @@ class Config:
     seed: int = 0  # the run seed; every episode and model seed derives from it
     env: EnvConfig = field(default_factory=EnvConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    mdnrnn: MDNRNNConfig = field(default_factory=MDNRNNConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
@@ -225,6 +305,14 @@ def diff(saved: dict[str, Any], given: dict[str, Any], prefix: str = "") -> list
         elif a != b:
             out.append(f"{prefix}{key}: {a!r} (saved) != {b!r} (given)")
     return out
+
+
+def digest(cfg: Config) -> str:
+    """A short hash of the resolved config (stored in checkpoints and datasets)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def dump(cfg: Config) -> str:

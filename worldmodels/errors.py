@@ -13,6 +13,10 @@ class DataError(WorldModelsError):
     """A missing, corrupt or mismatched dataset or artifact."""
 
 
+class TrainingError(WorldModelsError):
+    """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""
+
+
 class Interrupted(Exception):
     """A stage stopped on SIGTERM/SIGUSR2 after saving its progress; rerunning it resumes."""
 

@@ -1,0 +1,133 @@
+"""One checkpoint protocol for every stage: atomic files, a completion marker, keep-last-K, fallback.
+
+A checkpoint is `step-NNNNNNNNN.pt` (torch.save of a dict of tensors, numbers, strings, bytes
+and containers of them) plus `step-NNNNNNNNN.json`, the marker, written after the data file
+and holding its size and sha256. Only a checkpoint whose marker matches its data counts; the
+newest one that fails to verify or load is skipped with a warning in favour of the one before.
+Loading uses `torch.load(weights_only=True)`: nothing from disk can run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from worldmodels.errors import DataError
+from worldmodels.rundir import atomic_write
+
+log = logging.getLogger("worldmodels")
+
+
+class Checkpointer:
+    """Saves a stage's state every `every_steps` steps or `every_s` seconds, keeping the last `keep`."""
+
+    def __init__(self, directory: str | Path, *, every_steps: int, every_s: float, keep: int):
+        self.directory = Path(directory)
+        self.every_steps, self.every_s, self.keep = every_steps, every_s, keep
+        self._last_save = time.monotonic()
+
+    def due(self, step: int) -> bool:
+        """Whether a save is due after `step` completed steps."""
+        return step % self.every_steps == 0 or time.monotonic() - self._last_save >= self.every_s
+
+    def save(self, step: int, state: dict[str, Any]) -> Path:
+        """Write checkpoint `step` atomically, then its marker, then prune all but the last `keep`."""
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        data = buffer.getvalue()
+        path = self.directory / f"step-{step:09d}.pt"
+        atomic_write(path, data)
+        marker = {"step": step, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "time": time.time()}
+        atomic_write(path.with_suffix(".json"), json.dumps(marker).encode())
+        self._last_save = time.monotonic()
+        for old in self.steps()[: -self.keep]:
+            (self.directory / f"step-{old:09d}.json").unlink(missing_ok=True)
+            (self.directory / f"step-{old:09d}.pt").unlink(missing_ok=True)
+        return path
+
+    def steps(self) -> list[int]:
+        """Steps that have a marker, oldest first (the data is verified only when loaded)."""
+        return sorted(int(p.stem.split("-")[1]) for p in self.directory.glob("step-*.json"))
+
+    def load_latest(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+        """The newest checkpoint that verifies and loads, or None when there is none."""
+        for step in reversed(self.steps()):
+            try:
+                return load_file(self.directory / f"step-{step:09d}.pt", map_location)
+            except DataError as exc:
+                log.warning("skipping checkpoint: %s; falling back to the previous one", exc)
+        return None
+
+
+def load_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load one checkpoint after checking it against its marker; DataError when it does not verify."""
+    path = Path(path)
+    marker_path = path.with_suffix(".json")
+    try:
+        marker = json.loads(marker_path.read_text())
+        data = path.read_bytes()
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable checkpoint or marker ({exc})") from None
+    if len(data) != marker.get("bytes") or hashlib.sha256(data).hexdigest() != marker.get("sha256"):
+        raise DataError(f"{path}: corrupt checkpoint (does not match its marker)")
+    try:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for a bad file
+        raise DataError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def latest_step(directory: str | Path) -> int | None:
+    """The newest marked step in a checkpoint directory, read without loading anything."""
+    steps = Checkpointer(directory, every_steps=1, every_s=0, keep=1).steps()
+    return steps[-1] if steps else None
+
+
+# --- every random state, so that a resumed run draws exactly what an uninterrupted one would ------
+
+
+def rng_state(generator: np.random.Generator | None = None) -> dict[str, Any]:
+    """Python, numpy (global and `generator`), torch CPU and CUDA random states."""
+    state = {
+        "python": _plain(random.getstate()),
+        "numpy": _plain(np.random.get_state(legacy=False)),
+        "torch": torch.get_rng_state(),
+    }
+    if generator is not None:
+        state["generator"] = _plain(generator.bit_generator.state)
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], generator: np.random.Generator | None = None) -> None:
+    """Restore what rng_state saved."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if generator is not None:
+        generator.bit_generator.state = state["generator"]
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _plain(value: Any) -> Any:
+    """numpy arrays and scalars inside RNG states as lists and ints (allowed by weights_only)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.integer):
+        return int(value)
+    return value

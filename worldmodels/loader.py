@@ -1,0 +1,140 @@
+"""Shuffled training batches from episode stores, in bounded memory, restartable at any batch.
+
+Random access into a chunked store decodes a whole chunk per item (about 1k frames/s), so the
+loaders read whole units (a frame chunk, an episode) and shuffle in memory instead:
+
+- an epoch visits every unit once in an order drawn from (seed, epoch);
+- consecutive units form blocks of `block_units`; the items of a block are shuffled together
+  with a permutation drawn from (seed, epoch, block), so memory holds a few blocks, never the
+  dataset;
+- the stream of items is the concatenation of the blocks of epoch 0, 1, ...; batch s is items
+  [s * batch, (s + 1) * batch) of it. Batch s is therefore a pure function of (seed, s): a
+  restarted run asks for batch s and gets exactly what the interrupted one would have had.
+
+Blocks are read ahead by `workers` threads (Zarr's decoders release the GIL).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator
+
+import numpy as np
+
+from worldmodels.dataset import EpisodeStore
+
+Batch = dict[str, np.ndarray]
+
+
+class BlockShuffleLoader:
+    """Batches of `batch_size` items from units of known sizes; see the module docstring."""
+
+    def __init__(self, sizes: list[int], read: Callable[[list[int]], Batch], *, batch_size: int,
+                 block_units: int, seed: int, workers: int = 1):
+        if not sizes or sum(sizes) == 0:
+            raise ValueError("nothing to load: the dataset has no items")
+        self.sizes = np.asarray(sizes, dtype=np.int64)
+        self.read, self.batch_size, self.block_units = read, batch_size, block_units
+        self.seed, self.workers = seed, max(1, workers)
+        self.epoch_items = int(self.sizes.sum())
+
+    def _blocks(self, epoch: int) -> list[np.ndarray]:
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.sizes))
+        return [order[i:i + self.block_units] for i in range(0, len(order), self.block_units)]
+
+    def _read_block(self, epoch: int, b: int, units: np.ndarray) -> Batch:
+        data = self.read(units.tolist())
+        perm = np.random.default_rng([self.seed, epoch, b]).permutation(len(next(iter(data.values()))))
+        return {k: v[perm] for k, v in data.items()}
+
+    def _position(self, start: int) -> tuple[int, int, int]:
+        """(epoch, block, offset in block) of the first item of batch `start`."""
+        epoch, skip = divmod(start * self.batch_size, self.epoch_items)
+        for b, units in enumerate(self._blocks(epoch)):
+            size = int(self.sizes[units].sum())
+            if skip < size:
+                return epoch, b, skip
+            skip -= size
+        raise AssertionError("unreachable: skip < epoch_items")
+
+    def _schedule(self, epoch: int, block: int) -> Iterator[tuple[int, int, np.ndarray]]:
+        while True:
+            for b, units in enumerate(self._blocks(epoch)):
+                if b >= block:
+                    yield epoch, b, units
+            epoch, block = epoch + 1, 0
+
+    def batches(self, start: int = 0) -> Iterator[Batch]:
+        """Batches start, start + 1, ... forever."""
+        epoch, block, offset = self._position(start)
+        schedule = self._schedule(epoch, block)
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="loader")
+        try:
+            pending = deque(pool.submit(self._read_block, *next(schedule)) for _ in range(self.workers))
+            parts: list[Batch] = []
+            have = 0
+            while True:
+                data = pending.popleft().result()
+                pending.append(pool.submit(self._read_block, *next(schedule)))
+                n = len(next(iter(data.values())))
+                while offset < n:
+                    take = min(self.batch_size - have, n - offset)
+                    parts.append({k: v[offset:offset + take] for k, v in data.items()})
+                    have, offset = have + take, offset + take
+                    if have == self.batch_size:
+                        yield {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+                        parts, have = [], 0
+                offset = 0
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def frame_loader(store: EpisodeStore, *, batch_size: int, block_units: int, seed: int, workers: int = 1) -> BlockShuffleLoader:
+    """Shuffled batches {"frames": uint8 [B, H, W, 3]} read one whole chunk at a time."""
+    frames = store.array("frames")
+    chunk = frames.chunks[0]
+    units: list[tuple[int, int]] = []  # (first row, rows) of every stored chunk
+    lengths = store.lengths()
+    for k in np.flatnonzero(lengths > 0):
+        start, length = int(k) * store.slot, int(lengths[k])
+        units += [(start + c, min(chunk, length - c)) for c in range(0, length, chunk)]
+
+    def read(selected: list[int]) -> Batch:
+        return {"frames": np.concatenate([frames[units[u][0]:units[u][0] + units[u][1]] for u in selected])}
+
+    return BlockShuffleLoader([n for _, n in units], read, batch_size=batch_size, block_units=block_units,
+                              seed=seed, workers=workers)
+
+
+def sequence_loader(store: EpisodeStore, *, seq_len: int, batch_size: int, block_units: int, seed: int,
+                    workers: int = 1) -> BlockShuffleLoader:
+    """Shuffled batches of latent windows, read one whole episode at a time.
+
+    An episode of L rows gives ceil((L - 1) / seq_len) windows of seq_len + 1 rows (consecutive
+    windows share one row, so every transition is a target exactly once). Each batch holds
+    mu, logvar [B, T + 1, z]; actions, rewards, terminated [B, T + 1]; and mask [B, T], which is
+    False for the padding after an episode's end.
+    """
+    lengths = store.lengths()
+    episodes = [int(k) for k in np.flatnonzero(lengths > 1)]
+    T = seq_len
+
+    def read(selected: list[int]) -> Batch:
+        out: dict[str, list[np.ndarray]] = {"mu": [], "logvar": [], "actions": [], "rewards": [], "terminated": [], "mask": []}
+        for u in selected:
+            ep = store.read_episode(episodes[u], ["mu", "logvar", "actions", "rewards", "terminated"])
+            L = len(ep["actions"])
+            for start in range(0, L - 1, T):
+                rows = min(T + 1, L - start)
+                for name in ("mu", "logvar", "actions", "rewards", "terminated"):
+                    window = np.zeros((T + 1, *ep[name].shape[1:]), ep[name].dtype)
+                    window[:rows] = ep[name][start:start + rows]
+                    out[name].append(window)
+                mask = np.zeros(T, bool)
+                mask[: rows - 1] = True
+                out["mask"].append(mask)
+        return {name: np.stack(values) for name, values in out.items()}
+
+    sizes = [-(-(int(lengths[k]) - 1) // T) for k in episodes]
+    return BlockShuffleLoader(sizes, read, batch_size=batch_size, block_units=block_units, seed=seed, workers=workers)

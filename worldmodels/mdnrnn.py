@@ -1,0 +1,58 @@
+"""M: an LSTM with a mixture density head over the next latent, plus reward and done heads.
+
+Each of the z_size latent dimensions gets its own mixture of `gaussians` 1-D Gaussians (as
+the paper); Space Invaders dreams also need the reward and whether the game ends, so two
+scalar heads predict them from the same hidden state.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+class MDNRNN(nn.Module):
+    """Input [z_t, one-hot a_t] -> LSTM -> (log pi, mu, log sigma) of z_{t+1}, reward, done logit."""
+
+    def __init__(self, z_size: int = 32, actions: int = 6, hidden: int = 256, gaussians: int = 5):
+        super().__init__()
+        self.z_size, self.actions, self.hidden, self.gaussians = z_size, actions, hidden, gaussians
+        self.lstm = nn.LSTM(z_size + actions, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, 3 * gaussians * z_size + 2)
+
+    def forward(self, z: torch.Tensor, actions: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """z [B, T, z], actions int [B, T] -> (logpi, mu, logsigma) each [B, T, z, K], reward [B, T],
+        done logit [B, T], and the LSTM state."""
+        x = torch.cat([z, F.one_hot(actions, self.actions).to(z.dtype)], dim=-1)
+        h, state = self.lstm(x, state)
+        return (*self.split(self.head(h)), state)
+
+    def split(self, out: torch.Tensor):
+        B, T = out.shape[:2]
+        k, zs = self.gaussians, self.z_size
+        mix = out[..., : 3 * k * zs].reshape(B, T, zs, 3, k)
+        logpi = F.log_softmax(mix[..., 0, :], dim=-1)
+        return logpi, mix[..., 1, :], mix[..., 2, :], out[..., -2], out[..., -1]
+
+
+def mdn_nll(z_next: torch.Tensor, logpi: torch.Tensor, mu: torch.Tensor, logsigma: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood per latent dimension of z_next [B, T, z] under the mixtures."""
+    logsigma = logsigma.clamp(min=-7.0)  # keeps a collapsing component from producing inf
+    log_normal = -0.5 * ((z_next.unsqueeze(-1) - mu) / logsigma.exp()).pow(2) - logsigma - LOG_SQRT_2PI
+    return -torch.logsumexp(logpi + log_normal, dim=-1)
+
+
+def sample_next(logpi: torch.Tensor, mu: torch.Tensor, logsigma: torch.Tensor, tau: float,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sample z_{t+1} [..., z] from the mixtures at temperature tau (tau > 1: wilder dreams)."""
+    logits = logpi / tau
+    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+    choice = torch.argmax(logits - torch.log(-torch.log(u.clamp_min(1e-20))), dim=-1, keepdim=True)  # Gumbel-max
+    m = mu.gather(-1, choice).squeeze(-1)
+    s = logsigma.gather(-1, choice).squeeze(-1).exp() * math.sqrt(tau)
+    return m + s * torch.randn(m.shape, generator=generator, device=m.device, dtype=m.dtype)

@@ -1,0 +1,113 @@
+"""Pictures a person wants to look at, written under RUN_DIR/report/ (matplotlib, no display)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+REPORT = "report"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_losses(run_dir: str | Path, stage: str) -> Path:
+    """report/STAGE-loss.png: every logged loss term of a training stage against the step."""
+    from worldmodels.training import MetricsLog
+
+    plt = _pyplot()
+    records = MetricsLog.read(Path(run_dir) / "logs" / f"{stage}.jsonl")
+    keys = [k for k in records[0] if k not in ("step", "grad_norm")] if records else []
+    fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(4 * max(len(keys), 1), 3), squeeze=False)
+    steps = [r["step"] for r in records]
+    for ax, key in zip(axes[0], keys):
+        ax.plot(steps, [r[key] for r in records])
+        ax.set_title(f"{stage} {key}")
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    return _save(fig, run_dir, f"{stage}-loss.png")
+
+
+def image_grid(rows: list[np.ndarray]) -> np.ndarray:
+    """Stack rows of uint8 frames [N, H, W, 3] into one picture with 2-pixel gaps."""
+    h, w = rows[0].shape[1:3]
+    n = max(len(r) for r in rows)
+    out = np.full((len(rows) * (h + 2), n * (w + 2), 3), 255, np.uint8)
+    for i, row in enumerate(rows):
+        for j, frame in enumerate(row):
+            out[i * (h + 2): i * (h + 2) + h, j * (w + 2): j * (w + 2) + w] = frame
+    return out
+
+
+def save_image(run_dir: str | Path, name: str, image: np.ndarray, title: str) -> Path:
+    plt = _pyplot()
+    fig = plt.figure(figsize=(image.shape[1] / 50, image.shape[0] / 50 + 0.4))
+    plt.imshow(image, interpolation="nearest")
+    plt.axis("off")
+    plt.title(title, fontsize=8)
+    return _save(fig, run_dir, name)
+
+
+def plot_reconstructions(run_dir: str | Path, vae, store, count: int = 8) -> Path:
+    """report/vae-reconstructions.png: frames from several episodes (top) and V's reconstructions."""
+    import torch
+
+    from worldmodels.vae import to_input
+
+    episodes = store.complete()
+    frames = []
+    for i in range(count):
+        k = int(episodes[i % len(episodes)])
+        ep = store.read_episode(k, ["frames"])["frames"]
+        frames.append(ep[(i * 37) % len(ep)])
+    frames = np.stack(frames)
+    with torch.no_grad():
+        mu, _ = vae.encode(to_input(torch.from_numpy(frames)))
+        recon = (vae.decode(mu).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    return save_image(run_dir, "vae-reconstructions.png", image_grid([frames, recon]),
+                      "frames (top) and VAE reconstructions (bottom)")
+
+
+def _save(fig, run_dir: str | Path, name: str) -> Path:
+    plt = _pyplot()
+    path = Path(run_dir) / REPORT / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_dreams(cfg, run_dir: str | Path, mdnrnn, latents, count: int = 4, steps: int = 12) -> Path:
+    """report/mdnrnn-dreams.png: per row, real frames decoded by V (odd rows) and the frames M
+    dreams from the same start and actions at temperature mdnrnn.tau (even rows)."""
+    import torch
+
+    from worldmodels.encode import load_vae, vae_checkpoint
+    from worldmodels.mdnrnn import sample_next
+
+    vae = load_vae(cfg, vae_checkpoint(cfg, run_dir), torch.device("cpu"))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    rows = []
+    episodes = latents.complete()
+    with torch.no_grad():
+        for i in range(count):
+            ep = latents.read_episode(int(episodes[i % len(episodes)]), ["mu", "actions"])
+            n = min(steps, len(ep["mu"]) - 1)
+            real = torch.from_numpy(ep["mu"][: n + 1])
+            actions = torch.from_numpy(ep["actions"][1: n + 1]).long()
+            z, state, dream = real[:1].unsqueeze(0), None, [real[0]]
+            for t in range(n):
+                logpi, mu, logsigma, _, _, state = mdnrnn(z, actions[t].view(1, 1), state)
+                z = sample_next(logpi, mu, logsigma, cfg.mdnrnn.tau, generator)
+                dream.append(z[0, 0])
+            for zs in (real, torch.stack(dream)):
+                rows.append((vae.decode(zs).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8))
+    return save_image(run_dir, "mdnrnn-dreams.png", image_grid(rows),
+                      f"V's decoding of real latents (odd rows) and M's dream from the same start (even rows), tau={cfg.mdnrnn.tau}")

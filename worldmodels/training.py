@@ -1,0 +1,142 @@
+"""The one training loop every model stage uses: resume, step, log, checkpoint, stop on a signal.
+
+A stage supplies its model, optimizer, a batch source that can start at any step, and a loss
+function; `fit` does the rest. Everything a step depends on (parameters, optimizer moments,
+every RNG state, the loader position, which is the step itself) is in the checkpoint, so on
+CPU a run interrupted at any step and rerun ends with bitwise the same parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from worldmodels import config as config_lib
+from worldmodels.checkpoint import Checkpointer, rng_state, set_rng_state
+from worldmodels.config import Config
+from worldmodels.errors import ConfigError, DataError, TrainingError
+from worldmodels.preemption import StopFlag
+from worldmodels.rundir import atomic_write
+from worldmodels.tracking import Tracker
+
+log = logging.getLogger("worldmodels")
+
+
+def select_device(name: str) -> torch.device:
+    """"auto": CUDA when available, else CPU; "cuda" without a GPU is an error."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("config key 'train.device' is cuda but no CUDA device is available")
+    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (Hopper and Ampere run it at full speed); full precision on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def checkpointer(cfg: Config, run_dir: str | Path, stage: str) -> Checkpointer:
+    return Checkpointer(Path(run_dir) / "checkpoints" / stage.removeprefix("train-"),
+                        every_steps=cfg.train.checkpoint_every_steps, every_s=cfg.train.checkpoint_every_s,
+                        keep=cfg.train.keep_checkpoints)
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """load_state_dict with a one-line error naming the mismatch instead of a page of shapes."""
+    own = model.state_dict()
+    for name, tensor in state.items():
+        if name in own and own[name].shape != tensor.shape:
+            raise DataError(f"{source}: parameter {name} has shape {tuple(tensor.shape)}, the config needs "
+                            f"{tuple(own[name].shape)} (a model of another size?)")
+    missing, unexpected = set(own) - set(state), set(state) - set(own)
+    if missing or unexpected:
+        raise DataError(f"{source}: not a checkpoint of this model (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    model.load_state_dict(state)
+
+
+class MetricsLog:
+    """RUN_DIR/logs/STAGE.jsonl, one line per logged step; truncated to the resumed step on restart
+    so that an interrupted run's log ends identical to an uninterrupted one's."""
+
+    def __init__(self, run_dir: str | Path, stage: str, resume_step: int):
+        self.path = Path(run_dir) / "logs" / f"{stage}.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = [line for line in self.read(self.path) if line["step"] <= resume_step]
+        atomic_write(self.path, "".join(json.dumps(line) + "\n" for line in kept).encode())
+
+    def append(self, record: dict[str, float]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    @staticmethod
+    def read(path: Path) -> list[dict[str, float]]:
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@dataclass
+class Fit:
+    """What `fit` trains: a stage's model, optimizer and data, and how to score a batch."""
+
+    stage: str
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    batches: Callable[[int], Iterator[Any]]  # batches(step) yields batch step, step + 1, ...
+    loss: Callable[[Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]  # batch -> (loss, metrics)
+    total_steps: int
+    grad_clip: float | None = None
+    extra_state: dict[str, Any] | None = None  # saved with every checkpoint (e.g. model sizes)
+
+
+def fit(cfg: Config, run_dir: str | Path, job: Fit) -> int:
+    """Train `job.model` to `job.total_steps`, resuming from the newest good checkpoint; returns the step."""
+    ckpt = checkpointer(cfg, run_dir, job.stage)
+    step = 0
+    state = ckpt.load_latest()
+    if state is not None:
+        if state["config"] != config_lib.digest(cfg):
+            raise DataError(f"{ckpt.directory}: checkpoints were written with another config")
+        load_model_state(job.model, state["model"], str(ckpt.directory))
+        job.optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        step = int(state["step"])
+        log.info("%s: resuming from step %d", job.stage, step)
+    metrics_log = MetricsLog(run_dir, job.stage, step)
+
+    def save() -> None:
+        ckpt.save(step, {"step": step, "model": job.model.state_dict(), "optimizer": job.optimizer.state_dict(),
+                         "rng": rng_state(), "config": config_lib.digest(cfg), **(job.extra_state or {})})
+
+    with Tracker(cfg, run_dir, job.stage, total=job.total_steps, done=step, unit="steps") as tracker, StopFlag() as stop:
+        batches = job.batches(step)
+        job.model.train()
+        while step < job.total_steps:
+            loss, metrics = job.loss(next(batches))
+            if not torch.isfinite(loss):
+                last = ckpt.steps()[-1] if ckpt.steps() else None
+                raise TrainingError(f"{job.stage}: loss is {loss.item()} at step {step + 1}; stopped "
+                                    f"(last good checkpoint: {'step ' + str(last) if last is not None else 'none'})")
+            job.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if job.grad_clip is not None:
+                metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(job.model.parameters(), job.grad_clip)
+            job.optimizer.step()
+            step += 1
+            if step % cfg.train.log_every_steps == 0 or step == job.total_steps:
+                record = {"step": step, "loss": loss.item(), **{k: float(v) for k, v in metrics.items()}}
+                metrics_log.append(record)
+                tracker.log({f"{job.stage}/{k}": v for k, v in record.items() if k != "step"}, step=step)
+            tracker.advance(1)
+            if ckpt.due(step) or step == job.total_steps or stop.requested:
+                save()
+            stop.check()
+    return step
