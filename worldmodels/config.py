@@ -221,6 +221,12 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         return tuple(_coerce(item, v, key) for v in value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        # YAML 1.1 reads 1e-4 (no dot) as a string; people write learning rates that way.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint in (int, float) and isinstance(value, bool):
         raise ConfigError(f"config key '{key}' must be {_type_name(hint)}, got {value!r}")
     if not isinstance(value, hint):

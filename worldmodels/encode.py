@@ -41,7 +41,7 @@ def vae_checkpoint(cfg: Config, run_dir: str | Path) -> Path:
         if not path.is_file():
             raise DataError(f"config key 'encode.vae': no checkpoint file {path}")
         return path
-    directory = Path(run_dir) / "checkpoints" / "vae"
+    directory = rundir.checkpoint_dir(run_dir, "train-vae")
     step = latest_step(directory)
     if step is None or step < cfg.vae.steps:
         raise DataError(f"train-vae is not finished (checkpoint step {step} of {cfg.vae.steps} in {directory}); run it first")

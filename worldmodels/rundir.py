@@ -76,6 +76,11 @@ def prepare(run_dir: str | Path, cfg: Config) -> Path:
     return run_dir
 
 
+def checkpoint_dir(run_dir: str | Path, stage: str) -> Path:
+    """Where a training stage keeps its checkpoints: RUN_DIR/checkpoints/{vae,mdnrnn,controller}."""
+    return Path(run_dir) / "checkpoints" / stage.removeprefix("train-")
+
+
 def group_name(run_dir: str | Path) -> str:
     """A stable name for everything logged from one run directory (its wandb group)."""
     import hashlib

@@ -14,44 +14,49 @@ STAGES = ("collect", "train-vae", "encode", "train-mdnrnn", "train-controller", 
 
 def run_status(run_dir: str | Path) -> dict[str, Any]:
     """{"run_dir": ..., "stages": {stage: {"state": ..., counters...}}} for a run directory."""
+    from worldmodels.collect import rollouts_path
+    from worldmodels.encode import latents_path
+
     run_dir = Path(run_dir)
-    if not (run_dir / rundir.CONFIG_FILE).is_file():
+    cfg = rundir.saved_config(run_dir)
+    if cfg is None:
         raise DataError(f"{run_dir} is not a run directory (no {rundir.CONFIG_FILE})")
     stages = {name: {"state": "pending"} for name in STAGES}
-    stages["collect"] = _collect_status(run_dir)
+    stages["collect"] = _episodes_status(run_dir, "collect", rollouts_path(run_dir), cfg.collect.episodes)
+    stages["train-vae"] = _training_status(run_dir, "train-vae", cfg.vae.steps)
+    stages["encode"] = _episodes_status(run_dir, "encode", latents_path(run_dir), cfg.collect.episodes)
+    stages["train-mdnrnn"] = _training_status(run_dir, "train-mdnrnn", cfg.mdnrnn.steps)
     return {"run_dir": str(run_dir), "stages": stages}
 
 
-def _state(records: list[dict[str, Any]], done: int, total: int) -> str:
-    """Combine the artifact count with the recorded states of the stage's tasks."""
-    if total and done >= total:
-        return "done"
+def _state(run_dir: Path, stage: str, done: int, total: int) -> dict[str, Any]:
+    """Combine the artifacts' progress with the recorded states of the stage's tasks."""
+    records = rundir.read_states(run_dir, stage)
     states = {r["state"] for r in records}
+    if total and done >= total:
+        return {"state": "done"}
     if "running" in states:
-        return "running"
-    if "failed" in states:
-        return "failed"
-    return "partial" if done or states else "pending"
+        return {"state": "running"}
+    errors = [r["error"] for r in records if r.get("state") == "failed" and "error" in r]
+    if errors:
+        return {"state": "failed", "error": errors[0]}
+    return {"state": "partial" if done or states else "pending"}
 
 
-def _collect_status(run_dir: Path) -> dict[str, Any]:
-    from worldmodels.collect import rollouts_path
+def _episodes_status(run_dir: Path, stage: str, path: Path, total: int) -> dict[str, Any]:
     from worldmodels.dataset import EpisodeStore
 
-    path = rollouts_path(run_dir)
-    saved = rundir.saved_config(run_dir)
-    total = saved.collect.episodes if saved else 0
-    if not path.exists():
-        out = {"episodes_done": 0, "episodes_total": total, "frames": 0}
-    else:
-        lengths = EpisodeStore.open(path).lengths()
-        out = {"episodes_done": int((lengths > 0).sum()), "episodes_total": len(lengths), "frames": int(lengths.sum())}
-    records = rundir.read_states(run_dir, "collect")
-    out["state"] = _state(records, out["episodes_done"], out["episodes_total"])
-    errors = [r["error"] for r in records if r.get("state") == "failed" and "error" in r]
-    if errors and out["state"] == "failed":
-        out["error"] = errors[0]
-    return {"state": out.pop("state"), **out}
+    lengths = EpisodeStore.open(path).lengths() if path.exists() else []
+    done = int((lengths > 0).sum()) if len(lengths) else 0
+    counters = {"episodes_done": done, "episodes_total": total, "frames": int(sum(lengths))}
+    return {**_state(run_dir, stage, done, total), **counters}
+
+
+def _training_status(run_dir: Path, stage: str, total: int) -> dict[str, Any]:
+    from worldmodels.checkpoint import latest_step
+
+    step = latest_step(rundir.checkpoint_dir(run_dir, stage)) or 0
+    return {**_state(run_dir, stage, step, total), "step": step, "total_steps": total}
 
 
 def format_status(status: dict[str, Any]) -> str:

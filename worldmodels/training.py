@@ -23,7 +23,7 @@ from worldmodels.checkpoint import Checkpointer, rng_state, set_rng_state
 from worldmodels.config import Config
 from worldmodels.errors import ConfigError, DataError, TrainingError
 from worldmodels.preemption import StopFlag
-from worldmodels.rundir import atomic_write
+from worldmodels.rundir import atomic_write, checkpoint_dir
 from worldmodels.tracking import Tracker
 
 log = logging.getLogger("worldmodels")
@@ -44,7 +44,7 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 def checkpointer(cfg: Config, run_dir: str | Path, stage: str) -> Checkpointer:
-    return Checkpointer(Path(run_dir) / "checkpoints" / stage.removeprefix("train-"),
+    return Checkpointer(checkpoint_dir(run_dir, stage),
                         every_steps=cfg.train.checkpoint_every_steps, every_s=cfg.train.checkpoint_every_s,
                         keep=cfg.train.keep_checkpoints)
 

@@ -1,0 +1,64 @@
+import math
+
+import pytest
+import torch
+
+from worldmodels.mdnrnn import MDNRNN, mdn_nll, sample_next
+from worldmodels.vae import ConvVAE, parameter_count, to_input, vae_loss
+
+
+def test_vae_has_the_papers_parameter_count_and_shapes():
+    vae = ConvVAE(32)
+    assert parameter_count(vae) == 4_348_547
+    x = torch.rand(5, 3, 64, 64)
+    recon, mu, logvar = vae(x, torch.randn(5, 32))
+    assert recon.shape == x.shape and mu.shape == logvar.shape == (5, 32)
+    assert 0 <= recon.min() and recon.max() <= 1
+    assert ConvVAE(64).encode(x)[0].shape == (5, 64)
+
+
+def test_vae_loss_sums_pixels_and_floors_kl_at_the_tolerance():
+    x = torch.rand(4, 3, 64, 64)
+    recon = torch.zeros_like(x)
+    mu, logvar = torch.zeros(4, 32), torch.zeros(4, 32)  # exactly the prior: KL 0
+    total, rec, kl = vae_loss(x, recon, mu, logvar, kl_tolerance=0.5)
+    assert rec.item() == pytest.approx(x.pow(2).sum(dim=(1, 2, 3)).mean().item())
+    assert kl.item() == pytest.approx(0.5 * 32)  # floored
+    mu = torch.full((4, 32), 3.0)  # KL 0.5 * 9 * 32 = 144 per frame, above the floor
+    assert vae_loss(x, recon, mu, logvar, 0.5)[2].item() == pytest.approx(144.0)
+
+
+def test_to_input_scales_and_transposes_uint8_frames():
+    frames = torch.full((2, 64, 64, 3), 255, dtype=torch.uint8)
+    frames[..., 0] = 0
+    x = to_input(frames)
+    assert x.shape == (2, 3, 64, 64) and x[:, 0].max() == 0 and x[:, 1].min() == 1
+
+
+def test_mdnrnn_shapes_and_mixture_weights():
+    m = MDNRNN(z_size=8, actions=6, hidden=16, gaussians=5)
+    logpi, mu, logsigma, reward, done, (h, c) = m(torch.randn(3, 7, 8), torch.randint(0, 6, (3, 7)))
+    assert logpi.shape == mu.shape == logsigma.shape == (3, 7, 8, 5)
+    assert reward.shape == done.shape == (3, 7) and h.shape == (1, 3, 16)
+    torch.testing.assert_close(logpi.exp().sum(-1), torch.ones(3, 7, 8))
+
+
+def test_mdn_nll_equals_the_mixture_density():
+    z = torch.tensor([[[0.3]]])
+    logpi = torch.log(torch.tensor([[[[0.25, 0.75]]]]))
+    mu = torch.tensor([[[[0.0, 1.0]]]])
+    logsigma = torch.log(torch.tensor([[[[1.0, 0.5]]]]))
+    density = sum(p * math.exp(-0.5 * ((0.3 - m) / s) ** 2) / (s * math.sqrt(2 * math.pi))
+                  for p, m, s in [(0.25, 0.0, 1.0), (0.75, 1.0, 0.5)])
+    assert mdn_nll(z, logpi, mu, logsigma).item() == pytest.approx(-math.log(density), rel=1e-5)
+
+
+def test_sampling_is_reproducible_for_a_seed_and_sharpens_at_low_temperature():
+    logpi = torch.log_softmax(torch.randn(2, 1, 4, 5), -1)
+    mu, logsigma = torch.randn(2, 1, 4, 5), torch.full((2, 1, 4, 5), -1.0)
+    a = sample_next(logpi, mu, logsigma, 1.15, torch.Generator().manual_seed(3))
+    b = sample_next(logpi, mu, logsigma, 1.15, torch.Generator().manual_seed(3))
+    assert a.shape == (2, 1, 4) and torch.equal(a, b)
+    cold = torch.stack([sample_next(logpi, mu, logsigma, 1e-4, torch.Generator().manual_seed(s)) for s in range(50)])
+    best = mu.gather(-1, logpi.argmax(-1, keepdim=True)).squeeze(-1)
+    torch.testing.assert_close(cold, best.expand_as(cold), atol=0.05, rtol=0)

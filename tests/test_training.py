@@ -1,0 +1,190 @@
+import json
+import random
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import SMOKE, run_cli, start_cli, assert_same_store, tree_digest
+from worldmodels.checkpoint import Checkpointer, load_file
+
+STEPS = {"train-vae": ["vae.steps=30"], "train-mdnrnn": ["mdnrnn.steps=40"]}
+COMMON = ["train.log_every_steps=1", "train.checkpoint_every_steps=7"]
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory):
+    """A smoke run with rollouts, a finished VAE and latents (what train-mdnrnn needs)."""
+    run = tmp_path_factory.mktemp("upstream") / "run"
+    args = ["--config", SMOKE, "--run-dir", run, *STEPS["train-vae"], *STEPS["train-mdnrnn"], *COMMON]
+    for stage in ("collect", "train-vae", "encode"):
+        run_cli(stage, *args)
+    return run, args
+
+
+def fresh_copy(upstream, tmp_path, name, keep=("config.yaml", "data", "checkpoints/vae")):
+    run, args = upstream
+    dest = tmp_path / name
+    dest.mkdir()
+    for item in keep:
+        src = run / item
+        if src.is_dir():
+            shutil.copytree(src, dest / item)
+        elif src.exists():
+            shutil.copy(src, dest / item)
+    return dest, [a if a != run else dest for a in args]
+
+
+def final_state(run: Path, stage: str) -> dict:
+    directory = run / "checkpoints" / stage.removeprefix("train-")
+    return load_file(directory / f"step-{Checkpointer(directory, every_steps=1, every_s=1, keep=1).steps()[-1]:09d}.pt")
+
+
+def assert_bitwise_equal(a, b, path="state"):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_bitwise_equal(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_bitwise_equal(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+def wait_for_step(run: Path, stage: str, step: int, proc, timeout=120):
+    path = run / "logs" / f"{stage}.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"{stage} ended before step {step}: {proc.stderr.read()}"
+        if path.exists() and any(json.loads(l)["step"] >= step for l in path.read_text().splitlines() if l.strip()):
+            return
+        time.sleep(0.02)
+    raise AssertionError("no progress")
+
+
+@pytest.mark.parametrize("stage", ["train-vae", "train-mdnrnn"])
+def test_sigterm_at_a_random_step_then_rerun_ends_bitwise_identical(upstream, tmp_path, stage):
+    keep = ("config.yaml", "data") if stage == "train-vae" else ("config.yaml", "data", "checkpoints/vae")
+    whole, whole_args = fresh_copy(upstream, tmp_path, "whole", keep)
+    cut, cut_args = fresh_copy(upstream, tmp_path, "cut", keep)
+    run_cli(stage, *whole_args)
+    total = int(STEPS[stage][0].split("=")[1])
+    at = random.randrange(2, total - 8)
+    proc = start_cli(stage, *cut_args)
+    wait_for_step(cut, stage, at, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 75, proc.stderr.read()
+    stopped = final_state(cut, stage)["step"]
+    assert at <= stopped < total, f"interrupted at step {stopped}, asked at {at}"
+    status = json.loads(run_cli("status", cut, "--json").stdout)["stages"][stage]
+    assert status["state"] == "partial" and status["step"] == stopped
+    rerun = run_cli(stage, *cut_args)
+    assert f"resuming from step {stopped}" in rerun.stderr
+    a, b = final_state(whole, stage), final_state(cut, stage)
+    assert a["step"] == b["step"] == total
+    assert_bitwise_equal(a["model"], b["model"], f"model (interrupted at step {stopped})")
+    assert_bitwise_equal(a["optimizer"], b["optimizer"], "optimizer")
+    assert (whole / "logs" / f"{stage}.jsonl").read_text() == (cut / "logs" / f"{stage}.jsonl").read_text()
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    ckpt = Checkpointer(tmp_path, every_steps=1, every_s=1e9, keep=2)
+    for step in (1, 2, 3):
+        ckpt.save(step, {"step": step, "w": torch.full((3,), float(step))})
+    assert ckpt.steps() == [2, 3]  # keep-last-K
+    newest = tmp_path / "step-000000003.pt"
+    newest.write_bytes(newest.read_bytes()[:-10])  # torn write
+    state = ckpt.load_latest()
+    assert state["step"] == 2 and torch.equal(state["w"], torch.full((3,), 2.0))
+    assert "falling back" in caplog.text
+    (tmp_path / "step-000000003.pt").unlink()
+    (tmp_path / "step-000000003.json").unlink()
+    (tmp_path / "step-000000004.pt").write_bytes(b"no marker: never counted")
+    assert ckpt.load_latest()["step"] == 2
+
+
+def test_checkpoints_load_without_unpickling_code(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    ckpt = Checkpointer(tmp_path, every_steps=1, every_s=1, keep=3)
+    ckpt.save(1, {"step": 1})
+    torch.save({"step": 2, "payload": Evil()}, tmp_path / "evil.pt")
+    import hashlib
+
+    data = (tmp_path / "evil.pt").read_bytes()
+    (tmp_path / "step-000000002.pt").write_bytes(data)
+    (tmp_path / "step-000000002.json").write_text(json.dumps({"step": 2, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}))
+    assert ckpt.load_latest()["step"] == 1  # the pickle with code was refused, the good one used
+
+
+def test_a_resumed_run_survives_a_corrupt_newest_checkpoint_and_still_ends_identical(upstream, tmp_path):
+    whole, whole_args = fresh_copy(upstream, tmp_path, "whole", ("config.yaml", "data", "checkpoints/vae"))
+    cut, cut_args = fresh_copy(upstream, tmp_path, "cut", ("config.yaml", "data", "checkpoints/vae"))
+    run_cli("train-mdnrnn", *whole_args)
+    run_cli("train-mdnrnn", *cut_args)
+    directory = cut / "checkpoints" / "mdnrnn"
+    (directory / "step-000000040.pt").write_bytes(b"\0" * 100)  # the final checkpoint is damaged
+    rerun = run_cli("train-mdnrnn", *cut_args)
+    assert "falling back" in rerun.stderr and "resuming from step 35" in rerun.stderr
+    assert_bitwise_equal(final_state(whole, "train-mdnrnn")["model"], final_state(cut, "train-mdnrnn")["model"])
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(upstream, tmp_path):
+    run, args = fresh_copy(upstream, tmp_path, "nan", ("data",))
+    args = [a for a in args if not str(a).startswith("vae.")] + ["vae.lr=1e30", "vae.steps=30", "train.checkpoint_every_steps=1"]
+    proc = run_cli("train-vae", *args, check=False)
+    assert proc.returncode == 2
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: train-vae: loss is nan") and "last good checkpoint: step 1" in error
+    state = final_state(run, "train-vae")
+    assert state["step"] == 1 and all(torch.isfinite(t).all() for t in state["model"].values())
+    status = json.loads(run_cli("status", run, "--json").stdout)["stages"]["train-vae"]
+    assert status["state"] == "failed" and "loss is nan" in status["error"]
+
+
+def test_encode_resumed_midway_equals_encode_in_one_go(upstream, tmp_path):
+    one, one_args = fresh_copy(upstream, tmp_path, "one")
+    parts, parts_args = fresh_copy(upstream, tmp_path, "parts")
+    shutil.rmtree(one / "data" / "latents.zarr")
+    shutil.rmtree(parts / "data" / "latents.zarr")
+    run_cli("encode", *one_args)
+    run_cli("encode", *parts_args, "--task", 1, "--num-tasks", 3)  # a third of the work, then stopped
+    assert "(4 encoded now)" in run_cli("encode", *parts_args).stdout
+    assert_same_store(one / "data" / "latents.zarr", parts / "data" / "latents.zarr")
+
+
+def test_stages_refuse_missing_or_unfinished_inputs(tmp_path):
+    run = tmp_path / "run"
+    for stage, message in [("train-vae", "no dataset"), ("encode", "no dataset"), ("train-mdnrnn", "no dataset")]:
+        proc = run_cli(stage, "--config", SMOKE, "--run-dir", run, check=False)
+        assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    run_cli("collect", "--config", SMOKE, "--run-dir", run)
+    proc = run_cli("encode", "--config", SMOKE, "--run-dir", run, check=False)
+    assert proc.returncode == 2 and "train-vae is not finished" in proc.stderr
+
+
+def test_a_vae_of_another_size_is_refused_by_encode_and_train_mdnrnn(upstream, tmp_path):
+    run, args = upstream
+    vae = sorted((run / "checkpoints" / "vae").glob("*.pt"))[-1]  # z_size 8 (smoke)
+    other = tmp_path / "other"
+    base = ["--config", SMOKE, "--run-dir", other, "vae.z_size=4", f"encode.vae={vae}"]
+    shutil.copytree(run / "data", other / "data")
+    shutil.rmtree(other / "data" / "latents.zarr")
+    before = tree_digest(other)
+    proc = run_cli("encode", *base, check=False)
+    assert proc.returncode == 2 and "has z_size 8, the config says vae.z_size=4" in proc.stderr
+    assert {k: v for k, v in tree_digest(other).items() if k != "config.yaml"} == before
+    shutil.copytree(run / "data" / "latents.zarr", other / "data" / "latents.zarr")
+    proc = run_cli("train-mdnrnn", *base, check=False)
+    assert proc.returncode == 2 and "latents of size 8, the config says vae.z_size=4" in proc.stderr
