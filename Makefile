@@ -17,10 +17,10 @@ SYSTEM_PACKAGES := slurm-wlm munge openmpi-bin libopenmpi-dev
 
 export WANDB_SILENT ?= true
 
-.PHONY: help setup system-packages test demo collect status bench clean
+.PHONY: help setup system-packages test demo collect train-vae encode train-mdnrnn status bench clean
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_ -]+:.*## / {printf "  %-40s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 # --- set-up ---------------------------------------------------------------------------------
 # System packages are installed only when running as root on a Debian/Ubuntu machine and one
@@ -51,20 +51,26 @@ setup: system-packages $(STAMPS)/venv ## create .venv and install everything the
 test: setup ## run the whole test suite (what CI runs)
 	$(PY) -m pytest -q
 
+PIPELINE := collect train-vae encode train-mdnrnn
+
 demo: setup ## run the demo pipeline (configs/demo.yaml) into a fresh run directory
 	@mkdir -p runs && ln -sfn "$(abspath $(DEMO_DIR))" runs/latest
-	$(PY) -m worldmodels collect --config $(CONFIG) --run-dir $(DEMO_DIR) $(OVERRIDES)
-	@$(PY) -m worldmodels status $(DEMO_DIR)
-	@echo "demo finished: run directory $(DEMO_DIR) (also runs/latest); rollouts in $(DEMO_DIR)/data/rollouts.zarr"
+	@start=$$(date +%s); for stage in $(PIPELINE); do \
+		$(PY) -m worldmodels $$stage --config $(CONFIG) --run-dir $(DEMO_DIR) $(OVERRIDES) || exit $$?; \
+	done; \
+	$(PY) -m worldmodels status $(DEMO_DIR); \
+	echo "demo finished in $$(( $$(date +%s) - start )) s: run directory $(DEMO_DIR) (also runs/latest)"; \
+	echo "  pictures: $(DEMO_DIR)/report/*.png"
 
-collect: setup ## run the collect stage locally (CONFIG, RUN_DIR, OVERRIDES)
-	$(PY) -m worldmodels collect --config $(CONFIG) --run-dir $(RUN_DIR) $(OVERRIDES)
+collect train-vae encode train-mdnrnn: setup ## run one stage locally (CONFIG, RUN_DIR, OVERRIDES)
+	$(PY) -m worldmodels $@ --config $(CONFIG) --run-dir $(RUN_DIR) $(OVERRIDES)
 
 status: setup ## show where each stage of RUN_DIR stands
 	$(PY) -m worldmodels status $(RUN_DIR)
 
 bench: setup ## run the benchmarks: each hot path against its physical limit
 	$(PY) benchmarks/collect.py
+	$(PY) benchmarks/train.py
 
 clean: ## remove the virtual environment and the set-up stamps (runs/ is kept)
 	rm -rf $(VENV) $(STAMPS)

@@ -102,5 +102,5 @@ def test_readme_documents_every_config_key_with_its_default():
                 yield f"{prefix}{key}", value
 
     for key, default in keys(config.to_dict(config.Config())):
-        shown = str(default).lower() if isinstance(default, bool) else default
+        shown = str(default).lower() if isinstance(default, bool) else (default if default != "" else '""')
         assert f"| `{key}` | {shown} |" in readme, f"README's configuration reference lacks {key} (default {default})"

@@ -11,7 +11,9 @@ loaders read whole units (a frame chunk, an episode) and shuffle in memory inste
   [s * batch, (s + 1) * batch) of it. Batch s is therefore a pure function of (seed, s): a
   restarted run asks for batch s and gets exactly what the interrupted one would have had.
 
-Blocks are read ahead by `workers` threads (Zarr's decoders release the GIL).
+Blocks are read ahead by `workers` threads (Zarr's decoders release the GIL). A block stays
+a list of the arrays Zarr decoded (one per unit) and each batch gathers its rows from them:
+concatenating or permuting whole blocks would add two full copies of every frame.
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ Batch = dict[str, np.ndarray]
 
 
 class BlockShuffleLoader:
-    """Batches of `batch_size` items from units of known sizes; see the module docstring."""
+    """Batches of `batch_size` items from units of known sizes; see the module docstring.
 
-    def __init__(self, sizes: list[int], read: Callable[[list[int]], Batch], *, batch_size: int,
+    `read(units)` returns one dict of arrays per unit, each with `sizes[unit]` rows.
+    """
+
+    def __init__(self, sizes: list[int], read: Callable[[list[int]], list[Batch]], *, batch_size: int,
                  block_units: int, seed: int, workers: int = 1):
         if not sizes or sum(sizes) == 0:
             raise ValueError("nothing to load: the dataset has no items")
@@ -43,10 +48,13 @@ class BlockShuffleLoader:
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.sizes))
         return [order[i:i + self.block_units] for i in range(0, len(order), self.block_units)]
 
-    def _read_block(self, epoch: int, b: int, units: np.ndarray) -> Batch:
-        data = self.read(units.tolist())
-        perm = np.random.default_rng([self.seed, epoch, b]).permutation(len(next(iter(data.values()))))
-        return {k: v[perm] for k, v in data.items()}
+    def _read_block(self, epoch: int, b: int, units: np.ndarray) -> tuple[list[Batch], np.ndarray, np.ndarray]:
+        """The block's per-unit arrays and, in shuffled order, each item's (unit, row)."""
+        parts = self.read(units.tolist())
+        sizes = self.sizes[units]
+        perm = np.random.default_rng([self.seed, epoch, b]).permutation(int(sizes.sum()))
+        unit = np.searchsorted(np.cumsum(sizes), perm, side="right")
+        return parts, unit, perm - (np.cumsum(sizes) - sizes)[unit]
 
     def _position(self, start: int) -> tuple[int, int, int]:
         """(epoch, block, offset in block) of the first item of batch `start`."""
@@ -75,19 +83,32 @@ class BlockShuffleLoader:
             parts: list[Batch] = []
             have = 0
             while True:
-                data = pending.popleft().result()
+                block, unit, row = pending.popleft().result()
                 pending.append(pool.submit(self._read_block, *next(schedule)))
-                n = len(next(iter(data.values())))
+                n = len(unit)
                 while offset < n:
                     take = min(self.batch_size - have, n - offset)
-                    parts.append({k: v[offset:offset + take] for k, v in data.items()})
+                    parts.append(_gather(block, unit[offset:offset + take], row[offset:offset + take]))
                     have, offset = have + take, offset + take
                     if have == self.batch_size:
-                        yield {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+                        yield parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
                         parts, have = [], 0
                 offset = 0
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _gather(block: list[Batch], unit: np.ndarray, row: np.ndarray) -> Batch:
+    """Rows `row` of units `unit` of a block, grouped by unit (one fancy-index copy per unit; the
+    order inside a batch carries no meaning, only which items it holds)."""
+    order = np.argsort(unit, kind="stable")
+    unit, row = unit[order], row[order]
+    bounds = np.flatnonzero(np.diff(unit)) + 1
+    out = {k: np.empty((len(unit), *v.shape[1:]), v.dtype) for k, v in block[0].items()}
+    for lo, hi in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [len(unit)]])):
+        for k, v in out.items():
+            np.take(block[unit[lo]][k], row[lo:hi], axis=0, out=v[lo:hi])
+    return out
 
 
 def frame_loader(store: EpisodeStore, *, batch_size: int, block_units: int, seed: int, workers: int = 1) -> BlockShuffleLoader:
@@ -100,8 +121,8 @@ def frame_loader(store: EpisodeStore, *, batch_size: int, block_units: int, seed
         start, length = int(k) * store.slot, int(lengths[k])
         units += [(start + c, min(chunk, length - c)) for c in range(0, length, chunk)]
 
-    def read(selected: list[int]) -> Batch:
-        return {"frames": np.concatenate([frames[units[u][0]:units[u][0] + units[u][1]] for u in selected])}
+    def read(selected: list[int]) -> list[Batch]:
+        return [{"frames": frames[units[u][0]:units[u][0] + units[u][1]]} for u in selected]
 
     return BlockShuffleLoader([n for _, n in units], read, batch_size=batch_size, block_units=block_units,
                               seed=seed, workers=workers)
@@ -120,9 +141,10 @@ def sequence_loader(store: EpisodeStore, *, seq_len: int, batch_size: int, block
     episodes = [int(k) for k in np.flatnonzero(lengths > 1)]
     T = seq_len
 
-    def read(selected: list[int]) -> Batch:
-        out: dict[str, list[np.ndarray]] = {"mu": [], "logvar": [], "actions": [], "rewards": [], "terminated": [], "mask": []}
+    def read(selected: list[int]) -> list[Batch]:
+        blocks = []
         for u in selected:
+            out: dict[str, list[np.ndarray]] = {"mu": [], "logvar": [], "actions": [], "rewards": [], "terminated": [], "mask": []}
             ep = store.read_episode(episodes[u], ["mu", "logvar", "actions", "rewards", "terminated"])
             L = len(ep["actions"])
             for start in range(0, L - 1, T):
@@ -134,7 +156,8 @@ def sequence_loader(store: EpisodeStore, *, seq_len: int, batch_size: int, block
                 mask = np.zeros(T, bool)
                 mask[: rows - 1] = True
                 out["mask"].append(mask)
-        return {name: np.stack(values) for name, values in out.items()}
+            blocks.append({name: np.stack(values) for name, values in out.items()})
+        return blocks
 
     sizes = [-(-(int(lengths[k]) - 1) // T) for k in episodes]
     return BlockShuffleLoader(sizes, read, batch_size=batch_size, block_units=block_units, seed=seed, workers=workers)
