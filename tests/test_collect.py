@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SMOKE, assert_same_store, read_store, run_cli, start_cli, tree_digest
+from conftest import SMOKE, assert_same_store, run_cli, start_cli, tree_digest
 from worldmodels.dataset import EpisodeStore
 
 LONGER = ["collect.episodes=8", "env.max_steps=400", "collect.envs_per_task=1"]  # ~10 s of play

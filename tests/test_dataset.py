@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import assert_same_store, run_cli, SMOKE
+from conftest import run_cli, SMOKE
 from worldmodels.dataset import EpisodeStore, Field, slot_rows
 from worldmodels.errors import DataError
 

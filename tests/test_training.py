@@ -111,7 +111,6 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
 
 
 def test_checkpoints_load_without_unpickling_code(tmp_path):
-    import pickle
 
     class Evil:
         def __reduce__(self):

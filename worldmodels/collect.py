@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from worldmodels import rundir
 from worldmodels.config import Config
@@ -62,8 +61,9 @@ def collect(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1)
 
     Raises Interrupted (after committing whole episodes only) on SIGTERM/SIGUSR2.
     """
-    from worldmodels.envs import AtariEnv, episode_rng, episode_seed, game_of
+    from worldmodels.envs import AtariEnv, game_of
     from worldmodels.policies import policy_factory
+    from worldmodels.rollout import play
 
     owned = task_episodes(cfg.collect.episodes, task, num_tasks)
     game_of(cfg.env.id)  # fail on a bad env id or policy before anything is written
@@ -77,54 +77,19 @@ def collect(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1)
     policy = make_policy(cfg, envs[0].num_actions, batch)
     with Tracker(cfg, run_dir, STAGE, total=len(owned), done=len(owned) - len(todo), unit="episodes",
                  task=task if num_tasks > 1 else None) as tracker, StopFlag() as stop:
-        queue = iter(todo)
-        episodes: list[_Episode | None] = [None] * batch
 
-        def start(slot: int) -> None:
-            k = next(queue, None)
-            if k is None:
-                episodes[slot] = None
-                return
-            seed = episode_seed(cfg.seed, k)
-            obs, _ = envs[slot].reset(seed=seed)
-            policy.begin(slot, episode_rng(cfg.seed, k, stream=1))
-            episodes[slot] = _Episode(k, seed, obs)
+        def commit(played) -> None:
+            store.write_episode(played.job.k, played.arrays(), ret=played.ret, seed=played.job.seed)
+            tracker.advance(1, **{"episode/return": played.ret, "episode/length": played.steps})
 
-        for slot in range(batch):
-            start(slot)
-        while any(e is not None for e in episodes):
-            stop.check()  # an uncommitted episode is dropped here and replayed on the rerun
-            slots = np.array([i for i, e in enumerate(episodes) if e is not None])
-            obs = np.stack([episodes[i].frames[-1] for i in slots])
-            actions = policy.act(obs, slots)
-            for slot, action in zip(slots, actions):
-                episode = episodes[slot]
-                obs, reward, terminated, truncated, _ = envs[slot].step(int(action))
-                episode.add(obs, int(action), reward, terminated, truncated)
-                if terminated or truncated:
-                    store.write_episode(episode.k, episode.arrays(), ret=episode.ret, seed=episode.seed)
-                    tracker.advance(1, **{"episode/return": episode.ret, "episode/length": len(episode.actions) - 1})
-                    start(slot)
+        # an interrupted episode is dropped and replayed identically on the rerun
+        play(cfg.env, policy, (collect_job(cfg, k) for k in todo), commit, batch=batch, record=True, stop=stop, envs=envs)
     return {"episodes": len(owned), "collected": len(todo)}
 
 
-class _Episode:
-    """The rows of one episode being played, kept in memory until it is committed whole."""
+def collect_job(cfg: Config, k: int):
+    """Episode k of the dataset: seeded from (run seed, k), with its own policy stream."""
+    from worldmodels.envs import episode_rng, episode_seed
+    from worldmodels.rollout import Episode
 
-    def __init__(self, k: int, seed: int, obs: np.ndarray):
-        self.k, self.seed, self.ret = k, seed, 0.0
-        self.frames = [obs]
-        self.actions, self.rewards, self.terminated, self.truncated = [0], [0.0], [False], [False]
-
-    def add(self, obs: np.ndarray, action: int, reward: float, terminated: bool, truncated: bool) -> None:
-        self.frames.append(obs)
-        self.actions.append(action)
-        self.rewards.append(reward)
-        self.terminated.append(terminated)
-        self.truncated.append(truncated)
-        self.ret += reward
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {"frames": np.stack(self.frames), "actions": np.asarray(self.actions),
-                "rewards": np.asarray(self.rewards), "terminated": np.asarray(self.terminated),
-                "truncated": np.asarray(self.truncated)}
+    return Episode(k, episode_seed(cfg.seed, k), episode_rng(cfg.seed, k, stream=1))

@@ -80,6 +80,11 @@ class AtariEnv(gym.Env):
     def num_actions(self) -> int:
         return len(self._actions)
 
+    @property
+    def action_names(self) -> list[str]:
+        """Names of the minimal action set, e.g. NOOP, FIRE, RIGHT, LEFT, RIGHTFIRE, LEFTFIRE."""
+        return [a.name for a in self._actions]
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         """Start an episode: power-on state, then 1..noop_max no-op frames drawn from `seed`."""
         if seed is not None:

@@ -1,9 +1,10 @@
 """Policies that play episodes in batches: the random data-collection policy and the hook for others.
 
-A policy sees a batch of observations from episodes that run in lockstep, one per slot.
-`begin(slot, rng)` is called when a new episode starts in a slot (with that episode's own random
-stream, so an episode's actions never depend on which other episodes share the batch), and
-`act(obs, slots)` returns one action per row. A trained controller plugs in here to collect
+A policy sees a batch of observations from episodes that run in lockstep, one per slot (see
+worldmodels.rollout). `begin(slot, job)` is called when a new episode starts in a slot (the job
+carries that episode's own random stream, so its actions never depend on which other episodes
+share the batch), `act(obs, slots)` returns one action per row, and `end(slot, played)` is
+called when the episode in a slot is over. A trained controller plugs in here to collect
 on-policy data (iterative training): register it in POLICIES under a name `collect.policy` takes.
 """
 
@@ -18,14 +19,50 @@ from worldmodels.errors import ConfigError
 
 
 class Policy(Protocol):
-    def begin(self, slot: int, rng: np.random.Generator) -> None:
-        """A new episode starts in `slot`; `rng` is its private random stream."""
+    def begin(self, slot: int, job) -> None:
+        """A new episode (a worldmodels.rollout.Episode) starts in `slot`."""
 
     def act(self, obs: np.ndarray, slots: np.ndarray) -> np.ndarray:
         """Actions (int64 [B]) for observations uint8 [B, H, W, 3] of the episodes in `slots`."""
 
+    def end(self, slot: int, played) -> None:
+        """The episode in `slot` is over."""
 
-class RandomRepeatPolicy:
+
+class FixedPolicy:
+    """Base of policies without per-episode state worth keeping."""
+
+    def begin(self, slot: int, job) -> None:
+        pass
+
+    def end(self, slot: int, played) -> None:
+        pass
+
+
+class ScriptedPolicy(FixedPolicy):
+    """Heuristics that need no learning, as honest baselines: a cycle of (action, steps) pairs.
+
+    `always_fire` holds FIRE (285 on every Space Invaders seed); `sweep_fire` moves right then
+    left while firing, 30 steps each way (about 306).
+    """
+
+    SCRIPTS = {"always_fire": [("FIRE", 1)], "sweep_fire": [("RIGHTFIRE", 30), ("LEFTFIRE", 30)]}
+
+    def __init__(self, name: str, action_names: list[str], batch: int):
+        script = [(action_names.index(action), steps) for action, steps in self.SCRIPTS[name]]
+        self._cycle = np.concatenate([[a] * n for a, n in script]).astype(np.int64)
+        self._t = np.zeros(batch, dtype=np.int64)
+
+    def begin(self, slot: int, job) -> None:
+        self._t[slot] = 0
+
+    def act(self, obs: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        actions = self._cycle[self._t[slots] % len(self._cycle)]
+        self._t[slots] += 1
+        return actions
+
+
+class RandomRepeatPolicy(FixedPolicy):
     """Uniform random actions, each held for a uniform 1..repeat_max steps (as the paper's Doom data)."""
 
     def __init__(self, num_actions: int, repeat_max: int, batch: int):
@@ -35,8 +72,8 @@ class RandomRepeatPolicy:
         self._action = np.zeros(batch, dtype=np.int64)
         self._left = np.zeros(batch, dtype=np.int64)
 
-    def begin(self, slot: int, rng: np.random.Generator) -> None:
-        self._rngs[slot] = rng
+    def begin(self, slot: int, job) -> None:
+        self._rngs[slot] = job.rng
         self._left[slot] = 0
 
     def act(self, obs: np.ndarray, slots: np.ndarray) -> np.ndarray:
