@@ -53,12 +53,15 @@ def test_mdn_nll_equals_the_mixture_density():
     assert mdn_nll(z, logpi, mu, logsigma).item() == pytest.approx(-math.log(density), rel=1e-5)
 
 
-def test_sampling_is_reproducible_for_a_seed_and_sharpens_at_low_temperature():
+def test_sampling_is_reproducible_for_given_draws_and_sharpens_at_low_temperature():
+    from worldmodels.mdnrnn import draws
+
     logpi = torch.log_softmax(torch.randn(2, 1, 4, 5), -1)
     mu, logsigma = torch.randn(2, 1, 4, 5), torch.full((2, 1, 4, 5), -1.0)
-    a = sample_next(logpi, mu, logsigma, 1.15, torch.Generator().manual_seed(3))
-    b = sample_next(logpi, mu, logsigma, 1.15, torch.Generator().manual_seed(3))
+    a = sample_next(logpi, mu, logsigma, 1.15, *draws((2, 1, 4), 5, torch.Generator().manual_seed(3)))
+    b = sample_next(logpi, mu, logsigma, 1.15, *draws((2, 1, 4), 5, torch.Generator().manual_seed(3)))
     assert a.shape == (2, 1, 4) and torch.equal(a, b)
-    cold = torch.stack([sample_next(logpi, mu, logsigma, 1e-4, torch.Generator().manual_seed(s)) for s in range(50)])
+    cold = torch.stack([sample_next(logpi, mu, logsigma, 1e-4, *draws((2, 1, 4), 5, torch.Generator().manual_seed(s)))
+                        for s in range(50)])
     best = mu.gather(-1, logpi.argmax(-1, keepdim=True)).squeeze(-1)
     torch.testing.assert_close(cold, best.expand_as(cold), atol=0.05, rtol=0)

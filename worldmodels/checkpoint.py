@@ -91,6 +91,14 @@ def latest_step(directory: str | Path) -> int | None:
     return steps[-1] if steps else None
 
 
+def finished_checkpoint(directory: str | Path, total: int, stage: str) -> Path:
+    """The final checkpoint of a training stage that reached `total` steps; a clear error otherwise."""
+    step = latest_step(directory)
+    if step is None or step < total:
+        raise DataError(f"{stage} is not finished (checkpoint step {step} of {total} in {directory}); run it first")
+    return Path(directory) / f"step-{step:09d}.pt"
+
+
 # --- every random state, so that a resumed run draws exactly what an uninterrupted one would ------
 
 

@@ -34,6 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", type=int, default=0, help="which task to run (episodes k with k %% num-tasks == task)")
     p.add_argument("--num-tasks", type=int, default=1, help="how many tasks share the episodes (default 1: all)")
     _stage_parser(sub, "train-mdnrnn", "train M, the MDN-RNN, on the latents into RUN_DIR/checkpoints/mdnrnn")
+    _stage_parser(sub, "train-controller", "find C with CMA-ES (MPI ranks when under mpirun/srun) into RUN_DIR/checkpoints/controller")
+    p = _stage_parser(sub, "evaluate", "score C, the random policy and fixed heuristics into RUN_DIR/eval/results.json")
+    p.add_argument("--task", type=int, default=0, help="which task to run (episodes k with k %% num-tasks == task)")
+    p.add_argument("--num-tasks", type=int, default=1, help="how many tasks share the episodes (default 1: all)")
+    _stage_parser(sub, "report", "write RUN_DIR/report/index.html from everything the run has made")
+    p = _stage_parser(sub, "push", "upload models, results, report and a model card to the Hugging Face Hub")
+    p.add_argument("--repo-id", help="the Hub repository, e.g. user/worldmodels-spaceinvaders")
+    p.add_argument("--dry-run", type=Path, metavar="DIR", help="write the folder that would be uploaded to DIR instead")
     p = sub.add_parser("status", help="show where each stage of a run directory stands",
                        description="show where each stage of a run directory stands")
     p.add_argument("run_dir", type=Path)
@@ -87,6 +95,35 @@ def run(args: argparse.Namespace) -> int:
         from worldmodels.train_mdnrnn import train_mdnrnn
 
         print(f"train-mdnrnn: finished at step {train_mdnrnn(cfg, args.run_dir)}")
+        return 0
+    if args.command == "train-controller":
+        from worldmodels.evolution import train_controller
+
+        summary = train_controller(cfg, args.run_dir)
+        if "best_fitness" in summary:
+            print(f"train-controller: finished at generation {summary['generation']}, best fitness {summary['best_fitness']:.1f}")
+        return 0
+    if args.command == "evaluate":
+        from worldmodels.evaluate import evaluate
+
+        summary = evaluate(cfg, args.run_dir, task=args.task, num_tasks=args.num_tasks)
+        r = summary["results"]
+        if r is None:
+            print(f"evaluate: {summary['episodes']} episodes scored; results.json waits for the other tasks")
+        else:
+            best = max(h["mean"] for h in r["heuristics"].values())
+            print(f"evaluate: controller {r['mean']:.1f} +- {r['std']:.1f} over {r['episodes']} episodes; random "
+                  f"{r['random']['mean']:.1f}; best heuristic {best:.1f} -> {Path(args.run_dir) / 'eval' / 'results.json'}")
+        return 0
+    if args.command == "report":
+        from worldmodels.report import write_report
+
+        print(f"report: {write_report(cfg, args.run_dir)}")
+        return 0
+    if args.command == "push":
+        from worldmodels.report import push
+
+        print(f"push: {push(cfg, args.run_dir, repo_id=args.repo_id, dry_run=args.dry_run)}")
         return 0
     raise AssertionError(args.command)
 

@@ -130,6 +130,47 @@ class MDNRNNConfig:
 
 
 @dataclass(frozen=True)
+class ControllerConfig:
+    """C: the linear controller found by CMA-ES (train-controller)."""
+
+    mode: str = "real"  # where candidates are scored: "real" (the game) or "dream" (inside M)
+    popsize: int = 64  # CMA-ES population
+    rollouts: int = 16  # episodes per candidate; all candidates of a generation share their seeds
+    generations: int = 300  # explicit budget (cma's own stop rules end early on integer scores)
+    sigma0: float = 0.1  # initial step size
+    diagonal: bool = False  # separable CMA-ES (much faster ask/tell for large controllers)
+    batch: int = 64  # episodes a rank plays in lockstep (one batched V/M/C forward per step)
+    master_evaluates: bool = True  # rank 0 plays its share too (false: it only asks and tells)
+    rescore_every: int = 25  # re-score the mean in the real game every G generations (0: never)
+    rescore_rollouts: int = 64  # episodes of that re-scoring
+    dream_steps: int = 1000  # longest dream (steps)
+
+    def __post_init__(self) -> None:
+        _check(self.mode in ("real", "dream"), "controller.mode", f"must be real or dream, got {self.mode!r}")
+        _check(self.popsize >= 2, "controller.popsize", f"must be >= 2, got {self.popsize}")
+        for key in ("rollouts", "generations", "batch", "rescore_rollouts", "dream_steps"):
+            _check(getattr(self, key) >= 1, f"controller.{key}", "must be >= 1")
+        _check(self.sigma0 > 0, "controller.sigma0", "must be > 0")
+        _check(self.rescore_every >= 0, "controller.rescore_every", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """evaluate: the controller, the random policy and fixed heuristics on the same episodes."""
+
+    episodes: int = 100  # the paper's protocol: mean and std over 100 episodes
+    controller: str = "best"  # which solution plays: "best" (best fitness seen) or "mean" (CMA-ES mean)
+    videos: int = 3  # episodes recorded to eval/videos/*.mp4
+    batch: int = 16  # episodes played in lockstep
+
+    def __post_init__(self) -> None:
+        _check(self.episodes >= 1, "evaluate.episodes", "must be >= 1")
+        _check(self.controller in ("best", "mean"), "evaluate.controller", f"must be best or mean, got {self.controller!r}")
+        _check(self.videos >= 0, "evaluate.videos", "must be >= 0")
+        _check(self.batch >= 1, "evaluate.batch", "must be >= 1")
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     """Progress output and experiment tracking, shared by every stage."""
 
@@ -152,6 +193,8 @@ class Config:
     vae: VAEConfig = field(default_factory=VAEConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     mdnrnn: MDNRNNConfig = field(default_factory=MDNRNNConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from worldmodels import rundir
-from worldmodels.checkpoint import latest_step, load_file
+from worldmodels.checkpoint import finished_checkpoint, load_file
 from worldmodels.collect import task_episodes
 from worldmodels.config import Config
 from worldmodels.dataset import EpisodeStore, Field
@@ -41,11 +41,7 @@ def vae_checkpoint(cfg: Config, run_dir: str | Path) -> Path:
         if not path.is_file():
             raise DataError(f"config key 'encode.vae': no checkpoint file {path}")
         return path
-    directory = rundir.checkpoint_dir(run_dir, "train-vae")
-    step = latest_step(directory)
-    if step is None or step < cfg.vae.steps:
-        raise DataError(f"train-vae is not finished (checkpoint step {step} of {cfg.vae.steps} in {directory}); run it first")
-    return directory / f"step-{step:09d}.pt"
+    return finished_checkpoint(rundir.checkpoint_dir(run_dir, "train-vae"), cfg.vae.steps, "train-vae")
 
 
 def load_vae(cfg: Config, path: Path, device: torch.device) -> ConvVAE:

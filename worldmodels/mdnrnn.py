@@ -32,6 +32,11 @@ class MDNRNN(nn.Module):
         h, state = self.lstm(x, state)
         return (*self.split(self.head(h)), state)
 
+    def step(self, z: torch.Tensor, actions: torch.Tensor, state):
+        """One step for a batch: z [N, z], actions int [N] -> the outputs of forward for T = 1."""
+        logpi, mu, logsigma, reward, done, state = self(z.unsqueeze(1), actions.unsqueeze(1), state)
+        return logpi[:, 0], mu[:, 0], logsigma[:, 0], reward[:, 0], done[:, 0], state
+
     def split(self, out: torch.Tensor):
         B, T = out.shape[:2]
         k, zs = self.gaussians, self.z_size
@@ -48,11 +53,20 @@ def mdn_nll(z_next: torch.Tensor, logpi: torch.Tensor, mu: torch.Tensor, logsigm
 
 
 def sample_next(logpi: torch.Tensor, mu: torch.Tensor, logsigma: torch.Tensor, tau: float,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """Sample z_{t+1} [..., z] from the mixtures at temperature tau (tau > 1: wilder dreams)."""
+                uniform: torch.Tensor, normal: torch.Tensor) -> torch.Tensor:
+    """Sample z_{t+1} [..., z] from the mixtures at temperature tau (tau > 1: wilder dreams).
+
+    The randomness comes in explicitly: `uniform` [..., z, K] in (0, 1) picks the component
+    (Gumbel-max) and `normal` [..., z] draws from it, so callers decide which draws episodes
+    share (candidates compared on the same dream share them).
+    """
     logits = logpi / tau
-    u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
-    choice = torch.argmax(logits - torch.log(-torch.log(u.clamp_min(1e-20))), dim=-1, keepdim=True)  # Gumbel-max
+    choice = torch.argmax(logits - torch.log(-torch.log(uniform.clamp(1e-20, 1 - 1e-7))), dim=-1, keepdim=True)
     m = mu.gather(-1, choice).squeeze(-1)
     s = logsigma.gather(-1, choice).squeeze(-1).exp() * math.sqrt(tau)
-    return m + s * torch.randn(m.shape, generator=generator, device=m.device, dtype=m.dtype)
+    return m + s * normal
+
+
+def draws(shape_z: tuple[int, ...], gaussians: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The uniform and normal draws sample_next needs for latents of shape `shape_z`."""
+    return torch.rand(*shape_z, gaussians, generator=generator), torch.randn(*shape_z, generator=generator)

@@ -90,7 +90,7 @@ def plot_dreams(cfg, run_dir: str | Path, mdnrnn, latents, count: int = 4, steps
     import torch
 
     from worldmodels.encode import load_vae, vae_checkpoint
-    from worldmodels.mdnrnn import sample_next
+    from worldmodels.mdnrnn import draws, sample_next
 
     vae = load_vae(cfg, vae_checkpoint(cfg, run_dir), torch.device("cpu"))
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -105,9 +105,43 @@ def plot_dreams(cfg, run_dir: str | Path, mdnrnn, latents, count: int = 4, steps
             z, state, dream = real[:1].unsqueeze(0), None, [real[0]]
             for t in range(n):
                 logpi, mu, logsigma, _, _, state = mdnrnn(z, actions[t].view(1, 1), state)
-                z = sample_next(logpi, mu, logsigma, cfg.mdnrnn.tau, generator)
+                z = sample_next(logpi, mu, logsigma, cfg.mdnrnn.tau, *draws(z.shape, mdnrnn.gaussians, generator))
                 dream.append(z[0, 0])
             for zs in (real, torch.stack(dream)):
                 rows.append((vae.decode(zs).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8))
     return save_image(run_dir, "mdnrnn-dreams.png", image_grid(rows),
                       f"V's decoding of real latents (odd rows) and M's dream from the same start (even rows), tau={cfg.mdnrnn.tau}")
+
+
+def plot_fitness(run_dir: str | Path, history: list[dict]) -> Path:
+    """report/controller-fitness.png: best, mean and worst fitness of each CMA-ES generation."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    gens = [h["generation"] for h in history]
+    for key in ("best", "mean", "worst"):
+        ax.plot(gens, [h[key] for h in history], label=key)
+    rescored = [(h["generation"], h["mean_rescored"]) for h in history if "mean_rescored" in h]
+    if rescored:
+        ax.plot(*zip(*rescored), "o", label="CMA-ES mean, re-scored in the game")
+    ax.set_xlabel("generation")
+    ax.set_ylabel("mean return over rollouts")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, run_dir, "controller-fitness.png")
+
+
+def plot_scores(run_dir: str | Path, results: dict) -> Path:
+    """report/eval-scores.png: histogram of episode scores, controller against every baseline."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    series = {"controller": results["scores"], "random": results["random"]["scores"],
+              **{name: r["scores"] for name, r in results["heuristics"].items()}}
+    top = max(max(v) for v in series.values())
+    bins = np.linspace(0, max(top, 1) * 1.05, 30)
+    for name, values in series.items():
+        ax.hist(values, bins=bins, alpha=0.5, label=f"{name} (mean {np.mean(values):.0f})")
+    ax.set_xlabel("episode score")
+    ax.set_ylabel("episodes")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, run_dir, "eval-scores.png")

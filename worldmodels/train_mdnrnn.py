@@ -42,6 +42,20 @@ def build_mdnrnn(cfg: Config, actions: int, device: torch.device) -> MDNRNN:
     return MDNRNN(cfg.vae.z_size, actions, cfg.mdnrnn.hidden, cfg.mdnrnn.gaussians).to(device)
 
 
+def load_mdnrnn(cfg: Config, run_dir: str | Path) -> MDNRNN:
+    """This run's finished M, on the CPU, in eval mode."""
+    from worldmodels.checkpoint import finished_checkpoint, load_file
+    from worldmodels.training import load_model_state
+
+    path = finished_checkpoint(rundir.checkpoint_dir(run_dir, STAGE), cfg.mdnrnn.steps, STAGE)
+    state = load_file(path)
+    if int(state.get("z_size", -1)) != cfg.vae.z_size:
+        raise DataError(f"{path}: MDN-RNN checkpoint has z_size {state.get('z_size')}, the config says vae.z_size={cfg.vae.z_size}")
+    model = MDNRNN(cfg.vae.z_size, int(state["actions"]), cfg.mdnrnn.hidden, cfg.mdnrnn.gaussians)
+    load_model_state(model, state["model"], str(path))
+    return model.eval()
+
+
 def train_mdnrnn(cfg: Config, run_dir: str | Path) -> int:
     """Train the MDN-RNN to cfg.mdnrnn.steps (resuming if checkpoints exist); returns the final step."""
     from worldmodels.envs import AtariEnv

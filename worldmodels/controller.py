@@ -1,0 +1,71 @@
+"""C: a linear map from [z, h] to action logits, played by argmax; and V+M+C as a batched policy.
+
+For Space Invaders (z=32, h=256, 6 actions) a controller is (32 + 256) * 6 + 6 = 1,734 numbers.
+CMA-ES searches that flat vector; `unflatten` turns a population of vectors into weights that
+are applied to a whole batch of episodes with one batched matrix product.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def controller_size(z_size: int, hidden: int, actions: int) -> int:
+    return (z_size + hidden) * actions + actions
+
+
+def unflatten(params: torch.Tensor, z_size: int, hidden: int, actions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat controllers [P, size] -> weights [P, actions, z + h] and biases [P, actions]."""
+    features = z_size + hidden
+    if params.shape[-1] != controller_size(z_size, hidden, actions):
+        raise ValueError(f"controller has {params.shape[-1]} parameters, expected "
+                         f"{controller_size(z_size, hidden, actions)} for z={z_size}, h={hidden}, {actions} actions")
+    weights = params[:, : features * actions].reshape(-1, actions, features)
+    return weights, params[:, features * actions:]
+
+
+def flatten(weights: torch.Tensor, biases: torch.Tensor) -> torch.Tensor:
+    """The inverse of unflatten."""
+    return torch.cat([weights.reshape(weights.shape[0], -1), biases], dim=1)
+
+
+def act(weights: torch.Tensor, biases: torch.Tensor, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Argmax actions [N] of per-episode controllers (weights [N, A, D], biases [N, A]) on [z, h]."""
+    features = torch.cat([z, h], dim=1).unsqueeze(-1)
+    return (torch.bmm(weights, features).squeeze(-1) + biases).argmax(dim=1)
+
+
+class WorldModelPolicy:
+    """V encodes each frame (its mean), C picks the action from [z, h], M folds (z, a) into h.
+
+    Each episode's job tag names its controller: a row of `params` [P, size].
+    """
+
+    def __init__(self, vae, mdnrnn, params: torch.Tensor, batch: int):
+        self.vae, self.mdnrnn = vae, mdnrnn
+        self.weights, self.biases = unflatten(params.float(), vae.z_size, mdnrnn.hidden, mdnrnn.actions)
+        self.h = torch.zeros(batch, mdnrnn.hidden)
+        self.c = torch.zeros(batch, mdnrnn.hidden)
+        self.which = torch.zeros(batch, dtype=torch.long)
+
+    def begin(self, slot: int, job) -> None:
+        self.h[slot] = 0
+        self.c[slot] = 0
+        self.which[slot] = int(job.tag)
+
+    def end(self, slot: int, played) -> None:
+        pass
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        from worldmodels.vae import to_input
+
+        idx = torch.from_numpy(slots)
+        z, _ = self.vae.encode(to_input(torch.from_numpy(obs)))
+        which = self.which[idx]
+        actions = act(self.weights[which], self.biases[which], z, self.h[idx])
+        _, (h, c) = self.mdnrnn.lstm(torch.cat([z, torch.nn.functional.one_hot(actions, self.mdnrnn.actions).float()], 1)
+                                     .unsqueeze(1), (self.h[idx].unsqueeze(0), self.c[idx].unsqueeze(0)))
+        self.h[idx], self.c[idx] = h[0], c[0]
+        return actions.numpy()

@@ -1,0 +1,70 @@
+"""The process group a stage runs in: MPI ranks when launched by mpirun/srun, else one process.
+
+Only what CMA-ES needs: rank, size, broadcast, gather, barrier, abort. Under MPI these are
+mpi4py's (Debian's OpenMPI; `srun --mpi=pmix` on Slurm); a plain `python -m worldmodels`
+is a group of one and never initialises MPI.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+MPI_LAUNCH_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK", "MPI_LOCALNRANKS")
+
+
+def launched_by_mpi() -> bool:
+    return any(v in os.environ for v in MPI_LAUNCH_VARIABLES)
+
+
+class Single:
+    """The group of one process."""
+
+    rank, size = 0, 1
+
+    def bcast(self, value: Any) -> Any:
+        return value
+
+    def gather(self, value: Any) -> list[Any]:
+        return [value]
+
+    def barrier(self) -> None:
+        pass
+
+    def abort(self, code: int) -> None:
+        sys.exit(code)
+
+
+class Mpi:
+    """MPI.COMM_WORLD through mpi4py (pickle-based collectives: messages here are small)."""
+
+    def __init__(self) -> None:
+        from mpi4py import MPI
+
+        self._comm = MPI.COMM_WORLD
+        self.rank, self.size = self._comm.Get_rank(), self._comm.Get_size()
+
+    def bcast(self, value: Any) -> Any:
+        return self._comm.bcast(value, root=0)
+
+    def gather(self, value: Any) -> list[Any] | None:
+        return self._comm.gather(value, root=0)
+
+    def barrier(self) -> None:
+        self._comm.Barrier()
+
+    def abort(self, code: int) -> None:
+        # Ends every rank at once: a failed rank must never leave the others waiting forever.
+        self._comm.Abort(code)
+
+
+def world() -> Single | Mpi:
+    return Mpi() if launched_by_mpi() else Single()
+
+
+def share(items: int, rank: int, size: int) -> range:
+    """The contiguous share of `items` work items that `rank` of `size` takes."""
+    per, extra = divmod(items, size)
+    start = rank * per + min(rank, extra)
+    return range(start, start + per + (rank < extra))

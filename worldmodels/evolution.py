@@ -1,0 +1,218 @@
+"""The train-controller stage: CMA-ES over controllers, scored in the real game or in M's dream.
+
+Rank 0 asks CMA-ES for a population and broadcasts it; the generation's episodes (every
+candidate x every rollout, all candidates sharing the generation's rollout seeds, so they are
+compared on the same games) are split evenly over the ranks, each rank plays its share in one
+lockstep batch, rank 0 gathers the returns, tells CMA-ES and checkpoints. An episode's return
+depends only on (candidate, generation, rollout), so any number of ranks gives the same run.
+
+The checkpoint after every generation holds the pickled CMA-ES (its sampler's random state
+included), the generation, the fitness history and the best solution so far: a run interrupted
+anywhere and rerun ends with the same history and the same final mean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from worldmodels import rundir
+from worldmodels.checkpoint import Checkpointer
+from worldmodels.config import Config
+from worldmodels.controller import WorldModelPolicy, act, controller_size, unflatten
+from worldmodels.distributed import share, world
+from worldmodels.errors import DataError, Interrupted
+from worldmodels.preemption import StopFlag
+from worldmodels.tracking import Tracker, log
+
+STAGE = "train-controller"
+
+
+def load_world_model(cfg: Config, run_dir: str | Path):
+    """This run's finished V and M, on the CPU (a clear error when either is missing)."""
+    from worldmodels.encode import load_vae, vae_checkpoint
+    from worldmodels.train_mdnrnn import load_mdnrnn
+
+    return load_vae(cfg, vae_checkpoint(cfg, run_dir), torch.device("cpu")), load_mdnrnn(cfg, run_dir)
+
+
+def rollout_seed(cfg: Config, purpose: int, generation: int, rollout: int) -> int:
+    """Environment seed of a training rollout: shared by every candidate of a generation."""
+    return int(np.random.SeedSequence([cfg.seed, purpose, generation, rollout]).generate_state(1, np.uint32)[0])
+
+
+TRAIN, RESCORE, DREAM = 10, 11, 12  # seed purposes, kept apart from collection (episode seeds)
+
+
+def real_returns(cfg: Config, vae, mdnrnn, params: np.ndarray, jobs: list[tuple[int, int]], generation: int,
+                 purpose: int, stop: StopFlag | None) -> np.ndarray:
+    """Returns of (candidate, rollout) episodes in the real game, played in lockstep batches."""
+    from worldmodels.rollout import Episode, play
+
+    if not jobs:
+        return np.zeros(0)
+    policy = WorldModelPolicy(vae, mdnrnn, torch.from_numpy(params), batch=min(cfg.controller.batch, len(jobs)))
+    episodes = [Episode(i, rollout_seed(cfg, purpose, generation, r), np.random.default_rng(0), tag=c)
+                for i, (c, r) in enumerate(jobs)]
+    out = np.zeros(len(jobs))
+
+    def done(played) -> None:
+        out[played.job.k] = played.ret
+
+    with torch.no_grad():
+        play(cfg.env, policy, episodes, done, batch=min(cfg.controller.batch, len(jobs)), stop=stop)
+    return out
+
+
+def dream_returns(cfg: Config, mdnrnn, start_latents: np.ndarray, params: np.ndarray, jobs: list[tuple[int, int]],
+                  generation: int) -> np.ndarray:
+    """Returns of (candidate, rollout) episodes dreamed by M, all as one batch.
+
+    Every random draw of rollout r (its start frame, the mixture samples, game over) is shared
+    by all candidates, as seeds are in the real game.
+    """
+    from worldmodels.mdnrnn import draws, sample_next
+
+    if not jobs:
+        return np.zeros(0)
+    c = cfg.controller
+    cand = torch.tensor([j[0] for j in jobs])
+    roll = torch.tensor([j[1] for j in jobs])
+    g = torch.Generator().manual_seed(rollout_seed(cfg, DREAM, generation, 0))
+    z_size, steps, R = cfg.vae.z_size, c.dream_steps, c.rollouts
+    start = torch.from_numpy(start_latents)[torch.randint(len(start_latents), (R,), generator=g)]  # [R, 2, z]
+    z = (start[:, 0] + torch.exp(0.5 * start[:, 1]) * torch.randn(R, z_size, generator=g))[roll]
+    weights, biases = unflatten(torch.from_numpy(params).float(), z_size, mdnrnn.hidden, mdnrnn.actions)
+    weights, biases = weights[cand], biases[cand]
+    n = len(jobs)
+    h, state = torch.zeros(n, mdnrnn.hidden), None
+    total, alive = torch.zeros(n), torch.ones(n, dtype=torch.bool)
+    with torch.no_grad():
+        for t in range(steps):
+            uniform, normal = draws((R, z_size), mdnrnn.gaussians, g)
+            ends = torch.rand(R, generator=g)
+            a = act(weights, biases, z, h)
+            logpi, mu, logsigma, reward, done, state = mdnrnn.step(z, a, state)
+            h = state[0][0]
+            total += alive * reward / cfg.mdnrnn.reward_scale
+            alive &= ends[roll] >= torch.sigmoid(done)
+            if not alive.any():
+                break
+            z = sample_next(logpi, mu, logsigma, cfg.mdnrnn.tau, uniform[roll], normal[roll])
+    return total.double().numpy()
+
+
+def start_latents(run_dir: str | Path, limit: int = 1000) -> np.ndarray:
+    """(mu, logvar) [N, 2, z] of the first frames of up to `limit` episodes: where dreams begin."""
+    from worldmodels.encode import latents_path
+    from worldmodels.dataset import EpisodeStore
+
+    store = EpisodeStore.open(latents_path(run_dir))
+    rows = [store.read_episode(int(k), ["mu", "logvar"]) for k in store.complete()[:limit]]
+    return np.stack([np.stack([r["mu"][0], r["logvar"][0]]) for r in rows])
+
+
+def train_controller(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
+    """Run CMA-ES to cfg.controller.generations (resuming from the newest checkpoint)."""
+    group = world()
+    try:
+        return _train(cfg, Path(run_dir), group)
+    except (Interrupted, KeyboardInterrupt):
+        raise
+    except BaseException:
+        if group.size > 1:
+            log.exception("train-controller: rank %d failed; aborting every rank", group.rank)
+            group.abort(1)
+        raise
+
+
+def _train(cfg: Config, run_dir: Path, group) -> dict[str, Any]:
+    import cma
+
+    c = cfg.controller
+    if group.rank == 0:
+        rundir.prepare(run_dir, cfg)
+    group.barrier()
+    vae, mdnrnn = load_world_model(cfg, run_dir)
+    size = controller_size(cfg.vae.z_size, mdnrnn.hidden, mdnrnn.actions)
+    starts = start_latents(run_dir) if c.mode == "dream" else None
+    workers = list(range(group.size)) if c.master_evaluates or group.size == 1 else list(range(1, group.size))
+    ckpt = Checkpointer(rundir.checkpoint_dir(run_dir, STAGE), every_steps=1, every_s=1e9, keep=cfg.train.keep_checkpoints)
+
+    state = None
+    if group.rank == 0:
+        saved = ckpt.load_latest()
+        if saved is not None:
+            if int(saved["size"]) != size:
+                raise DataError(f"{ckpt.directory}: controller checkpoint has {saved['size']} parameters, "
+                                f"the world model needs {size}")
+            es = pickle.loads(bytes(saved["es"]))
+            state = {"generation": int(saved["generation"]), "history": list(saved["history"]),
+                     "best": saved["best"].numpy(), "best_fitness": float(saved["best_fitness"])}
+            log.info("train-controller: resuming after generation %d", state["generation"])
+        else:
+            es = cma.CMAEvolutionStrategy(np.zeros(size), c.sigma0, {
+                "popsize": c.popsize, "seed": int(np.random.SeedSequence([cfg.seed, 5]).generate_state(1)[0]) % 2**31 + 1,
+                "CMA_diagonal": c.diagonal, "verbose": -9, "maxiter": 10**9, "tolflatfitness": 10**9,
+                "tolfun": 0, "tolx": 0, "tolstagnation": 10**9})
+            state = {"generation": 0, "history": [], "best": np.zeros(size), "best_fitness": -np.inf}
+        log.info("train-controller: %s parameters per controller, population %d x %d rollouts, %s game, %d rank(s)",
+                 f"{size:,}", c.popsize, c.rollouts, c.mode, group.size)
+    generation = group.bcast(state["generation"] if state else None)
+
+    tracker = Tracker(cfg, run_dir, STAGE, total=c.generations, done=generation, unit="generations") if group.rank == 0 else None
+    with tracker or contextlib.nullcontext(), StopFlag() as stop:
+        while generation < c.generations:
+            if group.bcast(stop.requested if group.rank == 0 else None):
+                raise Interrupted(stop.signum or signal.SIGTERM)  # every rank, together
+            solutions = group.bcast(np.asarray(es.ask()) if group.rank == 0 else None)
+            jobs = [(p, r) for p in range(len(solutions)) for r in range(c.rollouts)]
+            returns = _evaluate_share(cfg, group, workers, vae, mdnrnn, starts, solutions, jobs, generation, TRAIN, stop)
+            rescored = None
+            if c.rescore_every and (generation + 1) % c.rescore_every == 0:
+                mean = group.bcast(np.asarray(es.mean)[None] if group.rank == 0 else None)
+                rescored = _evaluate_share(cfg, group, workers, vae, mdnrnn, None, mean, [(0, r) for r in range(c.rescore_rollouts)],
+                                           generation, RESCORE, stop, mode="real")
+            if group.rank == 0:
+                fitness = returns.reshape(len(solutions), c.rollouts).mean(axis=1)
+                es.tell(list(solutions), list(-fitness))  # cma minimises
+                generation += 1
+                record = {"generation": generation, "best": float(fitness.max()), "mean": float(fitness.mean()),
+                          "worst": float(fitness.min()), "sigma": float(es.sigma)}
+                if rescored is not None:
+                    record["mean_rescored"] = float(rescored.mean())
+                state["history"].append(record)
+                if fitness.max() > state["best_fitness"]:
+                    state["best_fitness"], state["best"] = float(fitness.max()), solutions[int(fitness.argmax())]
+                ckpt.save(generation, {"generation": generation, "es": es.pickle_dumps(), "size": size,
+                                       "history": state["history"], "best": torch.from_numpy(np.asarray(state["best"])),
+                                       "best_fitness": state["best_fitness"],
+                                       "mean": torch.from_numpy(np.asarray(es.mean, dtype=np.float64))})
+                tracker.advance(1, **{f"{STAGE}/{k}": v for k, v in record.items() if k != "generation"})
+            generation = group.bcast(generation)
+    if group.rank != 0:
+        return {"generation": generation}
+    from worldmodels.plots import plot_fitness
+
+    plot_fitness(run_dir, state["history"])
+    return {"generation": generation, "best_fitness": state["best_fitness"]}
+
+
+def _evaluate_share(cfg: Config, group, workers: list[int], vae, mdnrnn, starts, solutions, jobs, generation, purpose,
+                    stop, mode: str | None = None) -> np.ndarray | None:
+    """Each evaluating rank plays its contiguous share of `jobs`; rank 0 gets all returns in order."""
+    mine: list[tuple[int, int]] = []
+    if group.rank in workers:
+        mine = [jobs[i] for i in share(len(jobs), workers.index(group.rank), len(workers))]
+    if (mode or cfg.controller.mode) == "dream":
+        returns = dream_returns(cfg, mdnrnn, starts, solutions, mine, generation)
+    else:
+        returns = real_returns(cfg, vae, mdnrnn, solutions, mine, generation, purpose, stop if group.size == 1 else None)
+    gathered = group.gather(returns)
+    return np.concatenate(gathered) if group.rank == 0 else None
