@@ -39,14 +39,16 @@ class Checkpointer:
         """Whether a save is due after `step` completed steps."""
         return step % self.every_steps == 0 or time.monotonic() - self._last_save >= self.every_s
 
-    def save(self, step: int, state: dict[str, Any]) -> Path:
-        """Write checkpoint `step` atomically, then its marker, then prune all but the last `keep`."""
+    def save(self, step: int, state: dict[str, Any], summary: dict[str, Any] | None = None) -> Path:
+        """Write checkpoint `step` atomically, then its marker (with `summary`, readable without
+        torch), then prune all but the last `keep`."""
         buffer = io.BytesIO()
         torch.save(state, buffer)
         data = buffer.getvalue()
         path = self.directory / f"step-{step:09d}.pt"
         atomic_write(path, data)
-        marker = {"step": step, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "time": time.time()}
+        marker = {"step": step, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "time": time.time(),
+                  **(summary or {})}
         atomic_write(path.with_suffix(".json"), json.dumps(marker).encode())
         self._last_save = time.monotonic()
         for old in self.steps()[: -self.keep]:

@@ -193,7 +193,8 @@ def _train(cfg: Config, run_dir: Path, group) -> dict[str, Any]:
                 ckpt.save(generation, {"generation": generation, "es": es.pickle_dumps(), "size": size,
                                        "history": state["history"], "best": torch.from_numpy(np.asarray(state["best"])),
                                        "best_fitness": state["best_fitness"],
-                                       "mean": torch.from_numpy(np.asarray(es.mean, dtype=np.float64))})
+                                       "mean": torch.from_numpy(np.asarray(es.mean, dtype=np.float64))},
+                          summary={"best_fitness": state["best_fitness"]})
                 tracker.advance(1, **{f"{STAGE}/{k}": v for k, v in record.items() if k != "generation"})
             generation = group.bcast(generation)
     if group.rank != 0:

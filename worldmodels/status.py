@@ -26,6 +26,10 @@ def run_status(run_dir: str | Path) -> dict[str, Any]:
     stages["train-vae"] = _training_status(run_dir, "train-vae", cfg.vae.steps)
     stages["encode"] = _episodes_status(run_dir, "encode", latents_path(run_dir), cfg.collect.episodes)
     stages["train-mdnrnn"] = _training_status(run_dir, "train-mdnrnn", cfg.mdnrnn.steps)
+    stages["train-controller"] = _controller_status(run_dir, cfg.controller.generations)
+    stages["evaluate"] = _evaluate_status(run_dir, cfg.evaluate.episodes)
+    report = run_dir / "report" / "index.html"
+    stages["report"] = {"state": "done"} if report.is_file() else _state(run_dir, "report", 0, 1)
     return {"run_dir": str(run_dir), "stages": stages}
 
 
@@ -57,6 +61,26 @@ def _training_status(run_dir: Path, stage: str, total: int) -> dict[str, Any]:
 
     step = latest_step(rundir.checkpoint_dir(run_dir, stage)) or 0
     return {**_state(run_dir, stage, step, total), "step": step, "total_steps": total}
+
+
+def _controller_status(run_dir: Path, total: int) -> dict[str, Any]:
+    from worldmodels.checkpoint import latest_step
+
+    directory = rundir.checkpoint_dir(run_dir, "train-controller")
+    generation = latest_step(directory) or 0
+    out = {**_state(run_dir, "train-controller", generation, total), "generation": generation, "total_generations": total}
+    if generation:
+        marker = json.loads((directory / f"step-{generation:09d}.json").read_text())
+        out["best_fitness"] = marker.get("best_fitness")
+    return out
+
+
+def _evaluate_status(run_dir: Path, total: int) -> dict[str, Any]:
+    path = run_dir / "eval" / "results.json"
+    if path.is_file():
+        results = json.loads(path.read_text())
+        return {"state": "done", "mean": results["mean"], "std": results["std"]}
+    return _state(run_dir, "evaluate", 0, total)
 
 
 def format_status(status: dict[str, Any]) -> str:

@@ -1,0 +1,198 @@
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SMOKE, cli_env, run_cli, start_cli, tree_digest
+from worldmodels import config
+from worldmodels.checkpoint import Checkpointer, load_file
+from worldmodels.controller import controller_size, flatten, unflatten
+
+MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMPI_MCA_rmaps_base_oversubscribe": "1"}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A smoke run with finished V and M: everything train-controller needs."""
+    run = tmp_path_factory.mktemp("world") / "run"
+    for stage in ("collect", "train-vae", "encode", "train-mdnrnn"):
+        run_cli(stage, "--config", SMOKE, "--run-dir", run)
+    return run
+
+
+def copy_world(world: Path, dest: Path) -> Path:
+    shutil.copytree(world, dest, ignore=shutil.ignore_patterns("controller", "eval", "state", "config.yaml"))
+    return dest
+
+
+def mpirun(n: int, *args, timeout=180) -> subprocess.CompletedProcess:
+    return subprocess.run(["mpirun", "-n", str(n), sys.executable, "-m", "worldmodels", *map(str, args)],
+                          capture_output=True, text=True, env={**cli_env(), **MPI_ENV}, timeout=timeout)
+
+
+def last_checkpoint(run: Path) -> dict:
+    directory = run / "checkpoints" / "controller"
+    return load_file(directory / f"step-{Checkpointer(directory, every_steps=1, every_s=1, keep=1).steps()[-1]:09d}.pt")
+
+
+def test_controller_size_and_vector_round_trip():
+    assert controller_size(32, 256, 6) == 1734
+    params = torch.randn(5, 1734)
+    weights, biases = unflatten(params, 32, 256, 6)
+    assert weights.shape == (5, 6, 288) and biases.shape == (5, 6)
+    assert torch.equal(flatten(weights, biases), params)
+    with pytest.raises(ValueError, match="1734"):
+        unflatten(torch.randn(2, 1000), 32, 256, 6)
+
+
+def test_cma_es_over_three_mpi_ranks_equals_the_single_process_run(world, tmp_path):
+    one, three = copy_world(world, tmp_path / "one"), copy_world(world, tmp_path / "three")
+    run_cli("train-controller", "--config", SMOKE, "--run-dir", one)
+    proc = mpirun(3, "train-controller", "--config", SMOKE, "--run-dir", three)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    a, b = last_checkpoint(one), last_checkpoint(three)
+    assert a["history"] == b["history"] and len(a["history"]) == 3
+    assert torch.equal(a["mean"], b["mean"]) and torch.equal(a["best"], b["best"])
+
+
+@pytest.mark.parametrize("mode", ["real", "dream"])
+def test_sigterm_at_a_random_generation_then_rerun_ends_with_the_same_history(world, tmp_path, mode):
+    args = ["--config", SMOKE, f"controller.mode={mode}", "controller.generations=10"]
+    whole, cut = copy_world(world, tmp_path / "whole"), copy_world(world, tmp_path / "cut")
+    run_cli("train-controller", *args, "--run-dir", whole)
+    at = random.randrange(1, 8)
+    proc = start_cli("train-controller", *args, "--run-dir", cut)
+    directory = cut / "checkpoints" / "controller"
+    deadline = time.monotonic() + 120
+    while not (directory.exists() and len(list(directory.glob("*.json"))) >= min(at, 3)
+               and max(int(p.stem.split("-")[1]) for p in directory.glob("*.json")) >= at):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "slow"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 75, proc.stderr.read()
+    stopped = last_checkpoint(cut)["generation"]
+    assert at <= stopped < 10
+    rerun = run_cli("train-controller", *args, "--run-dir", cut)
+    assert f"resuming after generation {stopped}" in rerun.stderr
+    a, b = last_checkpoint(whole), last_checkpoint(cut)
+    assert a["history"] == b["history"] and len(a["history"]) == 10
+    assert torch.equal(a["mean"], b["mean"]) and a["best_fitness"] == b["best_fitness"]
+
+
+def test_dream_rollouts_are_deterministic_and_do_not_depend_on_how_episodes_are_split(world):
+    from worldmodels.evolution import dream_returns, start_latents
+    from worldmodels.train_mdnrnn import load_mdnrnn
+
+    cfg = config.load(SMOKE, ["controller.dream_steps=40"])
+    mdnrnn = load_mdnrnn(cfg, world)
+    starts = start_latents(world)
+    params = np.random.default_rng(0).normal(size=(4, controller_size(8, 16, 6)))
+    jobs = [(p, r) for p in range(4) for r in range(cfg.controller.rollouts)]
+    a = dream_returns(cfg, mdnrnn, starts, params, jobs, generation=3)
+    b = dream_returns(cfg, mdnrnn, starts, params, jobs, generation=3)
+    assert a.shape == (len(jobs),) and np.array_equal(a, b)
+    halves = np.concatenate([dream_returns(cfg, mdnrnn, starts, params, jobs[:3], 3),
+                             dream_returns(cfg, mdnrnn, starts, params, jobs[3:], 3)])
+    np.testing.assert_array_equal(a, halves)
+    other = dream_returns(cfg, mdnrnn, starts, params, jobs, generation=4)
+    assert np.isfinite(other).all()
+
+
+def test_a_killed_rank_makes_the_whole_job_exit_nonzero_promptly(world, tmp_path):
+    run = copy_world(world, tmp_path / "run")
+    proc = subprocess.Popen(["mpirun", "-n", "2", sys.executable, "-m", "worldmodels", "train-controller", "--config",
+                             str(SMOKE), "--run-dir", str(run), "controller.generations=1000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**cli_env(), **MPI_ENV})
+    directory = run / "checkpoints" / "controller"
+    deadline = time.monotonic() + 120
+    while not (directory.exists() and list(directory.glob("*.json"))):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    ranks = subprocess.run(["pgrep", "-f", f"train-controller --config {SMOKE} --run-dir {run}"], capture_output=True, text=True)
+    pids = [int(p) for p in ranks.stdout.split() if int(p) != proc.pid]
+    children = [p for p in pids if Path(f"/proc/{p}/environ").exists()
+                and b"OMPI_COMM_WORLD_RANK=1" in Path(f"/proc/{p}/environ").read_bytes()]
+    assert children, f"rank 1 not found among {pids}"
+    killed_at = time.monotonic()
+    os.kill(children[0], signal.SIGKILL)
+    code = proc.wait(60)
+    assert code != 0 and time.monotonic() - killed_at < 60
+
+
+def test_evaluate_scores_controller_and_baselines_on_the_same_seeds_then_report_and_push(world, tmp_path):
+    run = copy_world(world, tmp_path / "run")
+    args = ["--config", SMOKE, "--run-dir", run]
+    run_cli("train-controller", *args)
+    for task in range(2):  # two tasks owning disjoint episodes; the second completes results.json
+        run_cli("evaluate", *args, "--task", task, "--num-tasks", 2)
+    results = json.loads((run / "eval" / "results.json").read_text())
+    for key in ("episodes", "mean", "std", "scores", "random", "controller", "env_id", "seeds", "heuristics"):
+        assert key in results
+    assert results["episodes"] == 4 and len(results["scores"]) == len(results["seeds"]) == 4
+    assert set(results["heuristics"]) == {"always_fire", "sweep_fire"}
+    assert len(set(results["seeds"])) == 4
+    assert results["env_id"] == "SpaceInvadersNoFrameskip-v4"
+    assert list((run / "eval" / "videos").glob("controller-episode-0.mp4"))
+    assert (run / "eval" / "videos" / "controller-episode-0.mp4").stat().st_size > 1000
+    status = json.loads(run_cli("status", run, "--json").stdout)["stages"]
+    assert status["evaluate"] == {"state": "done", "mean": results["mean"], "std": results["std"]}
+    assert status["train-controller"]["generation"] == 3 and status["train-controller"]["state"] == "done"
+    run_cli("report", *args)
+    page = (run / "report" / "index.html").read_text()
+    assert "controller-fitness.png" in page and "eval-scores.png" in page and "controller-episode-0.mp4" in page
+    assert (run / "report" / "controller-fitness.png").is_file()
+    out = tmp_path / "upload"
+    run_cli("push", *args, "--dry-run", out)
+    assert {p.name for p in (out / "models").iterdir()} == {"vae.pt", "mdnrnn.pt", "controller.pt"}
+    assert (out / "README.md").read_text().startswith("---") and json.loads((out / "results.json").read_text()) == results
+    assert (out / "report" / "index.html").is_file() and (out / "config.yaml").is_file()
+
+
+def test_always_fire_scores_the_same_on_every_seed_as_the_reference_measured():
+    # REFERENCE: with the standard wrapper, always FIRE scores 285 on every seed.
+    from worldmodels.envs import AtariEnv, episode_rng
+    from worldmodels.policies import ScriptedPolicy
+    from worldmodels.rollout import Episode, play
+
+    cfg = config.load(None)
+    env = AtariEnv(cfg.env)
+    scores = []
+    play(cfg.env, ScriptedPolicy("always_fire", env.action_names, 2),
+         [Episode(k, 1000 + k, episode_rng(0, k, 1)) for k in range(2)], lambda p: scores.append(p.ret), batch=2)
+    assert scores == [285.0, 285.0]
+
+
+def test_train_controller_refuses_missing_world_models_and_bad_popsize(world, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(world / "data", run / "data")
+    shutil.copytree(world / "checkpoints" / "vae", run / "checkpoints" / "vae")
+    proc = run_cli("train-controller", "--config", SMOKE, "--run-dir", run, check=False)
+    assert proc.returncode == 2 and "train-mdnrnn is not finished" in proc.stderr and proc.stderr.count("\n") == 1
+    proc = run_cli("train-controller", "--config", SMOKE, "--run-dir", tmp_path / "x", "controller.popsize=1", check=False)
+    assert proc.returncode == 2 and "controller.popsize" in proc.stderr
+    proc = run_cli("evaluate", "--config", SMOKE, "--run-dir", run, check=False)
+    assert proc.returncode == 2 and "is not finished" in proc.stderr
+
+
+def test_evaluate_refuses_a_controller_of_another_size(world, tmp_path):
+    run = copy_world(world, tmp_path / "run")
+    run_cli("train-controller", "--config", SMOKE, "--run-dir", run)
+    path = sorted((run / "checkpoints" / "controller").glob("*.pt"))[-1]
+    state = load_file(path)
+    state["best"] = torch.zeros(10, dtype=torch.float64)
+    directory = run / "checkpoints" / "controller"
+    shutil.rmtree(directory)
+    Checkpointer(directory, every_steps=1, every_s=1, keep=3).save(3, state)
+    before = tree_digest(run / "eval") if (run / "eval").exists() else {}
+    proc = run_cli("evaluate", "--config", SMOKE, "--run-dir", run, check=False)
+    assert proc.returncode == 2 and "controller has 10 parameters, the world model needs" in proc.stderr
+    assert (tree_digest(run / "eval") if (run / "eval").exists() else {}) == before
