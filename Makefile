@@ -17,7 +17,7 @@ SYSTEM_PACKAGES := slurm-wlm munge openmpi-bin libopenmpi-dev
 
 export WANDB_SILENT ?= true
 
-.PHONY: help setup system-packages test demo collect train-vae encode train-mdnrnn status bench clean
+.PHONY: help setup system-packages test demo collect train-vae encode train-mdnrnn train-controller evaluate report status bench clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_ -]+:.*## / {printf "  %-40s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -51,19 +51,33 @@ setup: system-packages $(STAMPS)/venv ## create .venv and install everything the
 test: setup ## run the whole test suite (what CI runs)
 	$(PY) -m pytest -q
 
-PIPELINE := collect train-vae encode train-mdnrnn
+# Local runs use every core: array-style stages as parallel tasks, the controller as MPI ranks.
+JOBS      ?= $(shell nproc 2>/dev/null || echo 2)
+MPIRUN    := $(shell command -v mpirun >/dev/null && echo "mpirun --oversubscribe -n $(JOBS)")
+export OMPI_ALLOW_RUN_AS_ROOT := 1
+export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 
-demo: setup ## run the demo pipeline (configs/demo.yaml) into a fresh run directory
+demo: setup ## run the whole pipeline on configs/demo.yaml into a fresh run directory (about 20 min on 2 cores)
 	@mkdir -p runs && ln -sfn "$(abspath $(DEMO_DIR))" runs/latest
-	@start=$$(date +%s); for stage in $(PIPELINE); do \
-		$(PY) -m worldmodels $$stage --config $(CONFIG) --run-dir $(DEMO_DIR) $(OVERRIDES) || exit $$?; \
-	done; \
-	$(PY) -m worldmodels status $(DEMO_DIR); \
+	@set -e; start=$$(date +%s); wm="$(PY) -m worldmodels"; args="--config $(CONFIG) --run-dir $(DEMO_DIR) $(OVERRIDES)"; \
+	tasks() { for t in $$(seq 0 $$(($(JOBS) - 1))); do $$wm $$1 $$args --task $$t --num-tasks $(JOBS) & done; \
+		for t in $$(seq 1 $(JOBS)); do wait -n; done; }; \
+	tasks collect; $$wm collect $$args; \
+	$$wm train-vae $$args; \
+	$$wm encode $$args; \
+	$$wm train-mdnrnn $$args; \
+	$(MPIRUN) $$wm train-controller $$args; \
+	tasks evaluate; $$wm evaluate $$args; \
+	$$wm report $$args; \
+	$$wm status $(DEMO_DIR); \
 	echo "demo finished in $$(( $$(date +%s) - start )) s: run directory $(DEMO_DIR) (also runs/latest)"; \
-	echo "  pictures: $(DEMO_DIR)/report/*.png"
+	echo "  report: $(DEMO_DIR)/report/index.html   results: $(DEMO_DIR)/eval/results.json"
 
-collect train-vae encode train-mdnrnn: setup ## run one stage locally (CONFIG, RUN_DIR, OVERRIDES)
+collect train-vae encode train-mdnrnn evaluate report: setup ## run one stage locally (CONFIG, RUN_DIR, OVERRIDES)
 	$(PY) -m worldmodels $@ --config $(CONFIG) --run-dir $(RUN_DIR) $(OVERRIDES)
+
+train-controller: setup ## run CMA-ES locally as JOBS MPI ranks (CONFIG, RUN_DIR, OVERRIDES)
+	$(MPIRUN) $(PY) -m worldmodels train-controller --config $(CONFIG) --run-dir $(RUN_DIR) $(OVERRIDES)
 
 status: setup ## show where each stage of RUN_DIR stands
 	$(PY) -m worldmodels status $(RUN_DIR)

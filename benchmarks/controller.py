@@ -1,0 +1,155 @@
+"""Controller training speed against its limits, measured in one run.
+
+Prints
+- real-game evaluation steps/s on one core (V encodes, C acts, M updates h, batched over
+  episodes) against the raw emulator's steps/s (frame_skip x act + screen grab): target >= 0.70;
+- dream steps/s for a whole population batched together against a per-candidate loop: target
+  >= 5x on CPU (>= 50x on a GPU);
+- the master's share of a generation (CMA-ES ask + tell + the per-generation checkpoint) at the
+  paper's scale (1,734 parameters, population 64, 16 rollouts), with the generation's play time
+  taken from the measured evaluation rate on the given number of ranks: target <= 2%.
+
+    python benchmarks/controller.py [--seconds 5] [--ranks 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.collect import pin_to_one_core, raw_emulator_fps  # noqa: E402
+from worldmodels.config import EnvConfig  # noqa: E402
+from worldmodels.controller import WorldModelPolicy, controller_size  # noqa: E402
+from worldmodels.mdnrnn import MDNRNN  # noqa: E402
+from worldmodels.vae import ConvVAE  # noqa: E402
+
+Z, H, A = 32, 256, 6
+
+
+def real_game_steps_per_s(seconds: float, batch: int) -> float:
+    from worldmodels.rollout import Episode, play
+
+    torch.manual_seed(0)
+    vae, mdnrnn = ConvVAE(Z).eval(), MDNRNN(Z, A, H, 5).eval()
+    params = torch.randn(batch, controller_size(Z, H, A)) * 0.1
+    policy = WorldModelPolicy(vae, mdnrnn, params, batch)
+    steps = [0]
+    start = time.perf_counter()
+
+    class Budget:
+        def check(self):
+            if time.perf_counter() - start > seconds:
+                raise TimeoutError
+
+    def jobs():
+        k = 0
+        while True:
+            yield Episode(k, k, np.random.default_rng(k), tag=k % batch)
+            k += 1
+
+    def done(played):
+        steps[0] += played.steps
+
+    counted = _CountingPolicy(policy)
+    try:
+        with torch.no_grad():
+            play(EnvConfig(), counted, jobs(), done, batch=batch, stop=Budget())
+    except TimeoutError:
+        pass
+    return counted.steps / (time.perf_counter() - start)
+
+
+class _CountingPolicy:
+    """Counts every environment step, also those of episodes still running at the end."""
+
+    def __init__(self, policy):
+        self.policy, self.steps = policy, 0
+
+    def begin(self, slot, job):
+        self.policy.begin(slot, job)
+
+    def end(self, slot, played):
+        self.policy.end(slot, played)
+
+    def act(self, obs, slots):
+        self.steps += len(slots)
+        return self.policy.act(obs, slots)
+
+
+def dream_speedup(population: int, rollouts: int, steps: int) -> tuple[float, float]:
+    """Dream steps/s of the batched population and of a loop over candidates."""
+    from worldmodels.config import Config, ControllerConfig, MDNRNNConfig
+    from worldmodels.evolution import dream_returns
+
+    torch.manual_seed(0)
+    mdnrnn = MDNRNN(Z, A, H, 5).eval()
+    cfg = Config(controller=ControllerConfig(rollouts=rollouts, dream_steps=steps), mdnrnn=MDNRNNConfig())
+    # a done head that never fires keeps every dream the full length: a fair count of steps
+    with torch.no_grad():
+        mdnrnn.head.bias[-1] = -1e4
+    starts = np.zeros((8, 2, Z), np.float32)
+    params = np.random.default_rng(0).normal(0, 0.1, (population, controller_size(Z, H, A)))
+    jobs = [(p, r) for p in range(population) for r in range(rollouts)]
+    start = time.perf_counter()
+    dream_returns(cfg, mdnrnn, starts, params, jobs, 0)
+    batched = len(jobs) * steps / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for p in range(population):
+        dream_returns(cfg, mdnrnn, starts, params, [(p, r) for r in range(rollouts)], 0)
+    looped = len(jobs) * steps / (time.perf_counter() - start)
+    return batched, looped
+
+
+def master_seconds(population: int, generations: int = 5) -> float:
+    """Seconds per generation that only rank 0 spends: ask, tell, pickling the checkpoint."""
+    import cma
+
+    size = controller_size(Z, H, A)
+    es = cma.CMAEvolutionStrategy(np.zeros(size), 0.1, {"popsize": population, "verbose": -9, "seed": 1})
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    for _ in range(generations):
+        solutions = es.ask()
+        es.tell(solutions, list(rng.normal(size=population)))
+        torch.save({"es": es.pickle_dumps()}, io.BytesIO())
+    return (time.perf_counter() - start) / generations
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="how long to time each real-game measurement")
+    parser.add_argument("--ranks", type=int, default=64, help="evaluating ranks assumed for the master's share")
+    parser.add_argument("--episode-steps", type=int, default=800, help="typical Space Invaders episode length (steps)")
+    args = parser.parse_args()
+    pin_to_one_core()
+    torch.set_num_threads(1)
+    results = {}
+    raw_steps = raw_emulator_fps(args.seconds) / EnvConfig().frame_skip
+    real = real_game_steps_per_s(args.seconds, batch=64)
+    results.update(raw_emulator_steps_per_s=raw_steps, real_game_steps_per_s=real)
+    print(f"real-game evaluation: {real:7.0f} steps/s on one core (batch 64); raw emulator {raw_steps:7.0f} steps/s; "
+          f"ratio {real / raw_steps:.2f} (target >= 0.70)")
+    batched, looped = dream_speedup(population=64, rollouts=16, steps=50)
+    results.update(dream_batched_steps_per_s=batched, dream_looped_steps_per_s=looped)
+    print(f"dream: {batched:9.0f} steps/s for the population as one batch, {looped:9.0f} looping over candidates; "
+          f"{batched / looped:.1f}x (target >= 5x on CPU)")
+    master = master_seconds(64)
+    play = 64 * 16 * args.episode_steps / (args.ranks * real)
+    results.update(master_s=master, generation_play_s=play)
+    print(f"master: {master * 1e3:.0f} ms per generation (ask, tell, checkpoint pickle) against {play:.1f} s of play on "
+          f"{args.ranks} ranks; share {100 * master / (master + play):.1f}% (target <= 2%)")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
