@@ -17,6 +17,7 @@ SYSTEM_PACKAGES := slurm-wlm munge openmpi-bin libopenmpi-dev
 
 export WANDB_SILENT ?= true
 
+.PHONY: slurm-up slurm-down submit-collect submit-vae submit-encode submit-mdnrnn submit-controller submit-eval submit-report submit-pipeline
 .PHONY: help setup system-packages test demo collect train-vae encode train-mdnrnn train-controller evaluate report status bench clean
 
 help: ## list the targets
@@ -78,6 +79,37 @@ collect train-vae encode train-mdnrnn evaluate report: setup ## run one stage lo
 
 train-controller: setup ## run CMA-ES locally as JOBS MPI ranks (CONFIG, RUN_DIR, OVERRIDES)
 	$(MPIRUN) $(PY) -m worldmodels train-controller --config $(CONFIG) --run-dir $(RUN_DIR) $(OVERRIDES)
+
+# --- Slurm ------------------------------------------------------------------------------------
+PROFILE ?= slurm/profiles/local.yaml
+# After `make slurm-up`, Slurm's tools (and submitit) talk to the local cluster.
+ifneq ($(wildcard .slurm/slurm.conf),)
+export SLURM_CONF ?= $(abspath .slurm/slurm.conf)
+endif
+SUBMIT = $(PY) -m worldmodels submit $(1) --config $(CONFIG) --run-dir $(RUN_DIR) --profile $(PROFILE) $(OVERRIDES)
+
+slurm-up: system-packages ## start a single-node Slurm cluster on this machine (root; state in .slurm/)
+	@slurm/local-cluster.sh up
+
+slurm-down: ## stop the local Slurm cluster
+	@slurm/local-cluster.sh down
+
+submit-collect: setup ## submit collect as an array job (CONFIG, RUN_DIR, PROFILE)
+	$(call SUBMIT,collect)
+submit-vae: setup ## submit train-vae
+	$(call SUBMIT,train-vae)
+submit-encode: setup ## submit encode as an array job
+	$(call SUBMIT,encode)
+submit-mdnrnn: setup ## submit train-mdnrnn
+	$(call SUBMIT,train-mdnrnn)
+submit-controller: setup ## submit train-controller as one MPI job (nodes x tasks, srun --mpi=pmix)
+	$(call SUBMIT,train-controller)
+submit-eval: setup ## submit evaluate as an array job
+	$(call SUBMIT,evaluate)
+submit-report: setup ## submit report
+	$(call SUBMIT,report)
+submit-pipeline: setup ## submit every stage at once, chained with afterok dependencies
+	$(call SUBMIT,pipeline)
 
 status: setup ## show where each stage of RUN_DIR stands
 	$(PY) -m worldmodels status $(RUN_DIR)

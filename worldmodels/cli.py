@@ -14,8 +14,10 @@ from worldmodels.errors import Interrupted, WorldModelsError
 from worldmodels.preemption import REQUEUE_EXIT_CODE
 
 
-def _stage_parser(sub: argparse._SubParsersAction, name: str, help: str) -> argparse.ArgumentParser:
+def _stage_parser(sub: argparse._SubParsersAction, name: str, help: str, first: tuple[str, str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=help)
+    if first:
+        p.add_argument(first[0], metavar=first[0].upper(), help=first[1])
     p.add_argument("--config", type=Path, help="preset YAML (default: the run directory's saved config.yaml)")
     p.add_argument("--run-dir", type=Path, required=True, help="the run directory (created, or resumed)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. collect.episodes=8")
@@ -42,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _stage_parser(sub, "push", "upload models, results, report and a model card to the Hugging Face Hub")
     p.add_argument("--repo-id", help="the Hub repository, e.g. user/worldmodels-spaceinvaders")
     p.add_argument("--dry-run", type=Path, metavar="DIR", help="write the folder that would be uploaded to DIR instead")
+    p = _stage_parser(sub, "submit", "submit a stage (or `pipeline`: every stage, chained) to Slurm through submitit",
+                      first=("stage", "collect, train-vae, encode, train-mdnrnn, train-controller, evaluate, report or pipeline"))
+    p.add_argument("--profile", type=Path, required=True, help="where to run: a YAML file in slurm/profiles/")
+    p.add_argument("--dry-run", action="store_true", help="print the sbatch scripts instead of submitting")
     p = sub.add_parser("status", help="show where each stage of a run directory stands",
                        description="show where each stage of a run directory stands")
     p.add_argument("run_dir", type=Path)
@@ -70,9 +76,20 @@ def run(args: argparse.Namespace) -> int:
         from worldmodels.status import format_status, run_status, to_json
 
         status = run_status(args.run_dir)
+        if (Path(args.run_dir) / "slurm" / "jobs.json").is_file():
+            from jobs.status import slurm_view
+
+            for stage, view in slurm_view(args.run_dir).items():
+                status["stages"][stage].update(view)
         print(to_json(status) if args.json else format_status(status))
         return 0
     cfg = resolve_config(args)
+    if args.command == "submit":
+        from jobs.profile import load_profile
+        from jobs.submit import stages_for, submit
+
+        submit(cfg, args.run_dir, stages_for(args.stage), load_profile(args.profile), dry_run=args.dry_run)
+        return 0
     if args.command == "collect":
         from worldmodels.collect import collect, rollouts_path
 
@@ -131,7 +148,15 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     from worldmodels.tracking import setup_logging
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse gives an earlier positional (submit's STAGE) all the positionals it can take at
+    # once, so key=value overrides after options arrive here: accept them, refuse anything else
+    unknown = [item for item in extra if "=" not in item or item.startswith("-") or not hasattr(args, "overrides")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     setup_logging()
     try:
         return run(args)

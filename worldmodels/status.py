@@ -87,7 +87,10 @@ def format_status(status: dict[str, Any]) -> str:
     """A table for people: one line per stage with its state and counters."""
     lines = [f"run {status['run_dir']}"]
     for name, info in status["stages"].items():
-        counters = ", ".join(f"{k}={v}" for k, v in info.items() if k != "state")
+        counters = ", ".join(f"{k}={v}" for k, v in info.items() if k not in ("state", "jobs"))
+        if info.get("jobs"):
+            counters += "  jobs: " + ", ".join(f"{j['id']} {j['state']}" + (f" (restarts {j['restarts']})" if j["restarts"] else "")
+                                              for j in info["jobs"])
         lines.append(f"  {name:<17} {info['state']:<8} {counters}")
     return "\n".join(lines)
 
