@@ -28,6 +28,8 @@ up() {
 ClusterName=local
 SlurmctldHost=$HOST
 AuthType=auth/munge
+# requeued jobs wait cred_expire seconds before they may start again (default 120)
+AuthInfo=cred_expire=10
 SlurmUser=root
 SlurmdUser=root
 StateSaveLocation=$DIR/state
