@@ -18,7 +18,7 @@ from worldmodels.checkpoint import Checkpointer, load_file
 LOCAL = ROOT / "slurm" / "profiles" / "local.yaml"
 # one config for the whole Slurm run: enough work per stage to be preempted half-way
 RUN = ["env.max_steps=400", "collect.episodes=12", "vae.steps=60", "encode.batch_size=1", "mdnrnn.steps=400",
-       "controller.generations=10", "evaluate.episodes=8", "train.log_every_steps=1"]
+       "controller.generations=6", "evaluate.episodes=6", "train.log_every_steps=1"]
 STAGES = ["collect", "train-vae", "encode", "train-mdnrnn", "train-controller", "evaluate"]
 
 
@@ -44,7 +44,7 @@ def log_text(run: Path, job_id: str) -> str:
     return "".join(p.read_text() for p in sorted((run / "slurm").glob(f"{job_id}/*_log.err")))
 
 
-def wait_done(run: Path, ids: list[str], timeout: float = 300) -> None:
+def wait_done(run: Path, ids: list[str], timeout: float = 900) -> None:
     """Wait for jobs to finish, with a deadline; a failed job fails the test with its log's tail."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

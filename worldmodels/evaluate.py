@@ -81,7 +81,8 @@ def evaluate(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1
     solution, source = controller_solution(cfg, run_dir, size)
     env = AtariEnv(cfg.env)
     parts = {name: _load_part(_part_path(run_dir, name, task, num_tasks)) for name in POLICIES}
-    todo = {name: [k for k in owned if str(k) not in parts[name]] for name in POLICIES}
+    scored = _scores(run_dir)  # from every task split: a rerun with other tasks plays only what is missing
+    todo = {name: [k for k in owned if k not in scored[name]] for name in POLICIES}
     total = len(owned) * len(POLICIES)
     with Tracker(cfg, run_dir, STAGE, total=total, done=total - sum(map(len, todo.values())), unit="episodes",
                  task=task if num_tasks > 1 else None) as tracker, StopFlag() as stop, torch.no_grad():
@@ -109,13 +110,19 @@ def _load_part(path: Path) -> dict[str, float]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def assemble(cfg: Config, run_dir: Path, source: Path) -> dict[str, Any] | None:
-    """eval/results.json from every task's parts, once every episode of every policy is scored."""
+def _scores(run_dir: Path) -> dict[str, dict[int, float]]:
+    """Every episode score of every policy found in the parts, whichever task wrote it."""
     scores: dict[str, dict[int, float]] = {name: {} for name in POLICIES}
-    for path in _parts_dir(run_dir).glob("*.json"):
+    for path in _parts_dir(run_dir).glob("*.json") if _parts_dir(run_dir).is_dir() else []:
         name = path.name.split(".task")[0]
         if name in scores:
             scores[name].update({int(k): v for k, v in _load_part(path).items()})
+    return scores
+
+
+def assemble(cfg: Config, run_dir: Path, source: Path) -> dict[str, Any] | None:
+    """eval/results.json from every task's parts, once every episode of every policy is scored."""
+    scores = _scores(run_dir)
     wanted = range(cfg.evaluate.episodes)
     if any(not set(wanted) <= set(scores[name]) for name in POLICIES):
         missing = {name: cfg.evaluate.episodes - len(set(scores[name]) & set(wanted)) for name in POLICIES}
