@@ -47,6 +47,8 @@ MpiDefault=none
 JobAcctGatherType=jobacct_gather/none
 MaxArraySize=1001
 KillWait=10
+# keep finished jobs visible to scontrol (and so to `status`) for an hour
+MinJobAge=3600
 NodeName=$HOST CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 CONF
