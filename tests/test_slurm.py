@@ -4,7 +4,6 @@ srun --mpi=pmix, real preemption and requeue for every stage, the chained pipeli
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 import torch
 
 from conftest import ROOT, SMOKE, assert_same_store, run_cli
-from worldmodels.checkpoint import Checkpointer, load_file
+from worldmodels.checkpoint import load_file
 
 LOCAL = ROOT / "slurm" / "profiles" / "local.yaml"
 # one config for the whole Slurm run: enough work per stage to be preempted half-way
@@ -231,4 +230,4 @@ def test_rendered_sbatch_scripts_match_the_checked_in_ones(profile, tmp_path):
     golden = ROOT / "tests" / "golden" / f"{profile}.sbatch"
     if os.environ.get("UPDATE_GOLDEN"):
         golden.write_text(rendered)
-    assert rendered == golden.read_text(), f"rendered scripts changed; review and rerun with UPDATE_GOLDEN=1"
+    assert rendered == golden.read_text(), "rendered scripts changed; review and rerun with UPDATE_GOLDEN=1"
