@@ -14,11 +14,13 @@ DEMO_DIR  := $(if $(filter command line environment,$(origin RUN_DIR)),$(RUN_DIR
 OVERRIDES ?=
 STAMPS    := .make
 SYSTEM_PACKAGES := slurm-wlm munge openmpi-bin libopenmpi-dev
+CONTAINER_PACKAGES := podman runc catatonit debootstrap
 
 export WANDB_SILENT ?= true
 
 .PHONY: slurm-up slurm-down submit-collect submit-vae submit-encode submit-mdnrnn submit-controller submit-eval submit-report submit-pipeline
 .PHONY: help setup system-packages test demo collect train-vae encode train-mdnrnn train-controller evaluate report status bench clean
+.PHONY: container-docker container-apptainer container-test container-lock
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_ -]+:.*## / {printf "  %-40s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -27,14 +29,19 @@ help: ## list the targets
 # System packages are installed only when running as root on a Debian/Ubuntu machine and one
 # of them is missing; elsewhere the suite uses whatever the machine already provides.
 system-packages: ## install Slurm, munge and OpenMPI with apt-get (root on Debian/Ubuntu only)
-	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
-	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "installing system packages: $$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	elif command -v dpkg-query >/dev/null; then \
-		echo "warning: missing system packages (install them as root): $$missing" >&2; \
-	fi
+	@$(call apt_install,$(SYSTEM_PACKAGES))
+
+# apt_install PACKAGES: install the missing ones as root with apt-get; elsewhere warn
+define apt_install
+missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+if [ -z "$$missing" ]; then exit 0; fi; \
+if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	echo "installing system packages: $$missing"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+elif command -v dpkg-query >/dev/null; then \
+	echo "warning: missing system packages (install them as root): $$missing" >&2; \
+fi
+endef
 
 # The virtual environment is rebuilt when pyproject.toml changes. torch is installed first and
 # alone, pinned, so that pip takes the CPU build instead of pulling the CUDA packages.
@@ -49,36 +56,44 @@ $(STAMPS)/venv: pyproject.toml
 setup: system-packages $(STAMPS)/venv ## create .venv and install everything the suite needs
 
 # --- use ----------------------------------------------------------------------------------
-test: setup ## run the whole test suite (what CI runs)
+test: setup ## run the whole test suite except the container tests (make container-test)
 	$(PY) -m pytest -q
 
 # Local runs use every core: array-style stages as parallel tasks, the controller as MPI ranks.
+# With CONTAINER=<image or .sif> every stage runs inside that image (containers/run.sh), with
+# the run directory bind-mounted; the host then needs no virtual environment.
 JOBS      ?= $(shell nproc 2>/dev/null || echo 2)
-MPIRUN    := $(shell command -v mpirun >/dev/null && echo "mpirun --oversubscribe -n $(JOBS)")
+CONTAINER ?=
+# in_image DIR: the prefix that runs a command inside CONTAINER with DIR writable (or nothing)
+in_image   = $(if $(CONTAINER),containers/run.sh --bind $(abspath $(1)) $(CONTAINER))
+PYTHON_IN  = $(if $(CONTAINER),$(call in_image,$(1)) python,$(PY))
+MPIRUN_IN  = $(call in_image,$(1)) $(if $(or $(CONTAINER),$(shell command -v mpirun)),mpirun --oversubscribe -n $(JOBS))
+HOST_SETUP = $(if $(CONTAINER),,setup)
 export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 
-demo: setup ## run the whole pipeline on configs/demo.yaml into a fresh run directory (about 20 min on 2 cores)
-	@mkdir -p runs && ln -sfn "$(abspath $(DEMO_DIR))" runs/latest
-	@set -e; start=$$(date +%s); wm="$(PY) -m worldmodels"; args="--config $(CONFIG) --run-dir $(DEMO_DIR) $(OVERRIDES)"; \
+demo: $(HOST_SETUP) ## run the whole pipeline on configs/demo.yaml into a fresh run directory (about 20 min on 2 cores)
+	@mkdir -p $(DEMO_DIR) $(if $(filter runs/demo-%,$(DEMO_DIR)),&& ln -sfn "$(abspath $(DEMO_DIR))" runs/latest)
+	@set -e; start=$$(date +%s); wm="$(call PYTHON_IN,$(DEMO_DIR)) -m worldmodels"; \
+	args="--config $(CONFIG) --run-dir $(DEMO_DIR) $(OVERRIDES)"; \
 	tasks() { for t in $$(seq 0 $$(($(JOBS) - 1))); do $$wm $$1 $$args --task $$t --num-tasks $(JOBS) & done; \
 		for t in $$(seq 1 $(JOBS)); do wait -n; done; }; \
 	tasks collect; $$wm collect $$args; \
 	$$wm train-vae $$args; \
 	$$wm encode $$args; \
 	$$wm train-mdnrnn $$args; \
-	$(MPIRUN) $$wm train-controller $$args; \
+	$(call MPIRUN_IN,$(DEMO_DIR)) $(if $(CONTAINER),python,$(PY)) -m worldmodels train-controller $$args; \
 	tasks evaluate; $$wm evaluate $$args; \
 	$$wm report $$args; \
 	$$wm status $(DEMO_DIR); \
-	echo "demo finished in $$(( $$(date +%s) - start )) s: run directory $(DEMO_DIR) (also runs/latest)"; \
+	echo "demo finished in $$(( $$(date +%s) - start )) s: run directory $(DEMO_DIR)"; \
 	echo "  report: $(DEMO_DIR)/report/index.html   results: $(DEMO_DIR)/eval/results.json"
 
-collect train-vae encode train-mdnrnn evaluate report: setup ## run one stage locally (CONFIG, RUN_DIR, OVERRIDES)
-	$(PY) -m worldmodels $@ --config $(CONFIG) --run-dir $(RUN_DIR) $(OVERRIDES)
+collect train-vae encode train-mdnrnn evaluate report: $(HOST_SETUP) ## run one stage locally (CONFIG, RUN_DIR, OVERRIDES, CONTAINER)
+	$(call PYTHON_IN,$(RUN_DIR)) -m worldmodels $@ --config $(CONFIG) --run-dir $(RUN_DIR) $(OVERRIDES)
 
-train-controller: setup ## run CMA-ES locally as JOBS MPI ranks (CONFIG, RUN_DIR, OVERRIDES)
-	$(MPIRUN) $(PY) -m worldmodels train-controller --config $(CONFIG) --run-dir $(RUN_DIR) $(OVERRIDES)
+train-controller: $(HOST_SETUP) ## run CMA-ES locally as JOBS MPI ranks (CONFIG, RUN_DIR, OVERRIDES, CONTAINER)
+	$(call MPIRUN_IN,$(RUN_DIR)) $(if $(CONTAINER),python,$(PY)) -m worldmodels train-controller --config $(CONFIG) --run-dir $(RUN_DIR) $(OVERRIDES)
 
 # --- Slurm ------------------------------------------------------------------------------------
 PROFILE ?= slurm/profiles/local.yaml
@@ -86,7 +101,7 @@ PROFILE ?= slurm/profiles/local.yaml
 ifneq ($(wildcard .slurm/slurm.conf),)
 export SLURM_CONF ?= $(abspath .slurm/slurm.conf)
 endif
-SUBMIT = $(PY) -m worldmodels submit $(1) --config $(CONFIG) --run-dir $(RUN_DIR) --profile $(PROFILE) $(OVERRIDES)
+SUBMIT = $(PY) -m worldmodels submit $(1) --config $(CONFIG) --run-dir $(RUN_DIR) --profile $(PROFILE) $(if $(CONTAINER),--container $(CONTAINER)) $(OVERRIDES)
 
 slurm-up: system-packages ## start a single-node Slurm cluster on this machine (root; state in .slurm/)
 	@slurm/local-cluster.sh up
@@ -117,6 +132,32 @@ status: setup ## show where each stage of RUN_DIR stands
 bench: setup ## run the benchmarks: each hot path against its physical limit
 	$(PY) benchmarks/collect.py
 	$(PY) benchmarks/train.py
+
+# --- containers ----------------------------------------------------------------------------
+IMAGE     ?= localhost/worldmodels:latest
+SIF       ?= worldmodels.sif
+# BASE: empty for the Dockerfile's CUDA PyTorch base; a Debian/Python image for a CPU image
+BASE      ?=
+TEST_BASE ?= localhost/debian-py:bookworm
+TEST_IMAGE ?= localhost/worldmodels:test
+
+container-docker: ## build IMAGE with podman or docker (BASE, PIP_* settings reach the build)
+	containers/build.sh $(IMAGE) $(BASE)
+
+container-apptainer: ## build SIF with apptainer from containers/worldmodels.def (BASE)
+	@command -v apptainer >/dev/null || { echo "apptainer is not installed here; on a machine that has it run: make container-apptainer (or convert this image: podman save -o wm.tar $(IMAGE) && apptainer build $(SIF) docker-archive:wm.tar)" >&2; exit 2; }
+	apptainer build $(if $(BASE),--build-arg BASE=$(BASE)) $(SIF) containers/worldmodels.def
+
+container-test: setup ## build a CPU image (from debootstrap when no registry answers) and test it: tests, smoke pipeline, Slurm job
+	@$(call apt_install,$(CONTAINER_PACKAGES))
+	containers/base-image.sh $(TEST_BASE)
+	containers/build.sh $(TEST_IMAGE) $(TEST_BASE)
+	WORLDMODELS_TEST_IMAGE=$(TEST_IMAGE) $(PY) -m pytest -q -m container
+
+container-lock: setup ## rewrite containers/requirements.lock from the development environment
+	@{ sed -n '1,2p' containers/requirements.lock; $(PY) -m pip freeze --exclude-editable | \
+		grep -v -E '^(ruff|tensorstore|ml_dtypes)==' | sed -E 's/^(torch==[^+]*)\+.*/\1/'; } > containers/requirements.lock.new
+	mv containers/requirements.lock.new containers/requirements.lock
 
 clean: ## remove the virtual environment and the set-up stamps (runs/ is kept)
 	rm -rf $(VENV) $(STAMPS)

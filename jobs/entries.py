@@ -65,8 +65,8 @@ class StageJob(submitit.helpers.Checkpointable):
 
         setup_logging()
         info = slurm_env.attempt()
-        log.info("%s: job %s attempt %d (restart count %d) on %s", self.stage, info["job_id"], info["restart"] + 1,
-                 info["restart"], info["host"])
+        log.info("%s: job %s attempt %d (restart count %d) on %s%s", self.stage, info["job_id"], info["restart"] + 1,
+                 info["restart"], info["host"], f" in container {info['container']}" if info["container"] else "")
         cfg = config_lib.from_dict(self.config)
         try:
             return run_stage(self.stage, cfg, Path(self.run_dir), task, num_tasks)

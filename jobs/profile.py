@@ -43,6 +43,7 @@ class Resources:
     array_parallelism: int = 64  # array tasks running at once
     extra_sbatch: tuple[str, ...] = ()  # more #SBATCH options, each "key=value" (e.g. "constraint=a100")
     setup: tuple[str, ...] = ()  # shell lines run before the job (module load ..., source venv)
+    container: str = ""  # an Apptainer .sif or Docker/Podman image to run the job inside ("" = none)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,12 @@ def global_rank() -> int:
 def attempt() -> dict[str, object]:
     """What a job log line and the stage state record say about this attempt."""
     return {"job_id": job_id(), "restart": restart_count(), "host": os.environ.get("SLURMD_NODENAME"),
-            "rank": global_rank()}
+            "rank": global_rank(), "container": os.environ.get("WORLDMODELS_CONTAINER")}
+
+
+def in_container() -> bool:
+    """True inside containers/run.sh (which names the image), which requeues from outside."""
+    return bool(os.environ.get("WORLDMODELS_CONTAINER"))
 
 
 def requeue_after_preemption(signum: int) -> None:
@@ -38,6 +43,21 @@ def requeue_after_preemption(signum: int) -> None:
     The stage caught SIGUSR2, saved and stopped; its signal handler is gone again, so sending
     SIGUSR2 to ourselves reaches submitit's handler, which calls the job's checkpoint() and
     requeues it (`scontrol requeue`) before exiting. SIGTERM means "cancelled": no requeue.
+    Inside a container, Slurm's tools may be absent: submitit still writes the checkpoint, then
+    the process exits with REQUEUE_EXIT_CODE and containers/run.sh requeues from the host.
     """
     if signum == signal.SIGUSR2 and in_slurm():
+        if in_container():
+            _requeue_from_outside()
         os.kill(os.getpid(), signal.SIGUSR2)
+
+
+def _requeue_from_outside() -> None:
+    from submitit.slurm.slurm import SlurmJobEnvironment
+
+    from worldmodels.preemption import REQUEUE_EXIT_CODE
+
+    def ask_the_host(self, countdown: int) -> None:
+        raise SystemExit(REQUEUE_EXIT_CODE)
+
+    SlurmJobEnvironment._requeue = ask_the_host

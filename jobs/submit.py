@@ -6,12 +6,14 @@ chunked below the cluster's MaxArraySize. Jobs ask Slurm to requeue them; SIGUSR
 preemption or the time limit makes the stage save and requeue itself (see jobs/entries.py).
 `pipeline` submits every stage at once, each depending (afterok) on the one before. The run
 directory and its config are created before anything is submitted, and the job ids are kept in
-RUN_DIR/slurm/jobs.json for `status`.
+RUN_DIR/slurm/jobs.json for `status`. With a container image, each job's python is the image's,
+started by containers/run.sh with the run directory bound (see there for requeue).
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -26,6 +28,7 @@ from worldmodels import rundir
 from worldmodels.config import Config
 from worldmodels.errors import ConfigError, DataError
 
+RUN_IN_CONTAINER = Path(__file__).resolve().parent.parent / "containers" / "run.sh"
 UPSTREAM = {"train-vae": "collect", "encode": "train-vae", "train-mdnrnn": "encode", "train-controller": "train-mdnrnn",
             "evaluate": "train-controller", "report": "evaluate"}
 
@@ -35,8 +38,26 @@ def array_size(stage: str, cfg: Config, res: Resources) -> int:
     return max(1, min(res.array_tasks, episodes))
 
 
-def make_executor(stage: str, res: Resources, run_dir: Path, dependency: str | None, tasks: int) -> submitit.AutoExecutor:
-    executor = submitit.AutoExecutor(folder=run_dir / "slurm" / "%j", cluster="slurm")
+def container_python(image: str, run_dir: Path) -> str:
+    """The python command of a job that runs inside `image` (an Apptainer .sif or an image name)."""
+    if image.endswith(".sif"):
+        image = str(Path(image).absolute())
+    return shlex.join([str(RUN_IN_CONTAINER), "--bind", str(run_dir), image, "python"])
+
+
+def check_container(image: str) -> None:
+    if not RUN_IN_CONTAINER.is_file():
+        raise ConfigError(f"a container needs {RUN_IN_CONTAINER.relative_to(RUN_IN_CONTAINER.parents[1])} "
+                          "from a checkout of this project; submit from the checkout")
+    if image.endswith(".sif") and not Path(image).is_file():
+        raise ConfigError(f"container: no Apptainer image at {image} (make container-apptainer builds it)")
+
+
+def make_executor(stage: str, res: Resources, run_dir: Path, dependency: str | None, tasks: int,
+                  container: str | None = None) -> submitit.AutoExecutor:
+    image = container or res.container
+    python = {"slurm_python": container_python(image, run_dir)} if image else {}
+    executor = submitit.AutoExecutor(folder=run_dir / "slurm" / "%j", cluster="slurm", **python)
     extra: dict[str, Any] = {"requeue": True}
     extra.update(dict(item.split("=", 1) for item in res.extra_sbatch))
     if dependency:
@@ -73,9 +94,10 @@ def check_inputs(stage: str, run_dir: Path) -> None:
                         f"submit {upstream} first, or everything with `submit pipeline`")
 
 
-def render(stage: str, res: Resources, run_dir: Path, dependency: str | None, tasks: int) -> str:
+def render(stage: str, res: Resources, run_dir: Path, dependency: str | None, tasks: int,
+           container: str | None = None) -> str:
     """The sbatch script submitit would submit for this stage (for --dry-run and review)."""
-    executor = make_executor(stage, res, run_dir, dependency, tasks)
+    executor = make_executor(stage, res, run_dir, dependency, tasks, container)
     slurm = executor._executor
     if stage in ARRAY_STAGES and tasks > 1:
         slurm.parameters["map_count"] = tasks  # what map_array sets before rendering an array
@@ -83,13 +105,15 @@ def render(stage: str, res: Resources, run_dir: Path, dependency: str | None, ta
 
 
 def submit(cfg: Config, run_dir: Path, stages: list[str], profile: Profile, dry_run: bool = False,
-           out=sys.stdout) -> dict[str, list[str]]:
+           container: str | None = None, out=sys.stdout) -> dict[str, list[str]]:
     """Submit `stages` in order, each after the previous one (afterok); returns their job ids."""
     run_dir = run_dir.resolve() if run_dir.is_absolute() else (Path.cwd() / run_dir)
     info = None if dry_run else cluster_info()
     for stage in stages:
         if info is not None:
             check_against_cluster(profile.for_stage(stage), stage, info)
+        if not dry_run and (container or profile.for_stage(stage).container):
+            check_container(container or profile.for_stage(stage).container)
     if not dry_run:
         check_inputs(stages[0], run_dir)
         rundir.prepare(run_dir, cfg)
@@ -101,7 +125,7 @@ def submit(cfg: Config, run_dir: Path, stages: list[str], profile: Profile, dry_
         tasks = array_size(stage, cfg, res) if stage in ARRAY_STAGES else 1
         if dry_run:
             print(f"# --- {stage} ---", file=out)
-            print(render(stage, res, run_dir, dependency, tasks), file=out)
+            print(render(stage, res, run_dir, dependency, tasks, container), file=out)
             dependency = f"afterok:<{stage}>"
             continue
         job = StageJob(stage, config_lib.to_dict(cfg), str(run_dir))
@@ -111,11 +135,11 @@ def submit(cfg: Config, run_dir: Path, stages: list[str], profile: Profile, dry_
             chunk = max(1, max_array - 1)
             for first in range(0, tasks, chunk):
                 part = range(first, min(first + chunk, tasks))
-                executor = make_executor(stage, res, run_dir, dependency, len(part))
+                executor = make_executor(stage, res, run_dir, dependency, len(part), container)
                 jobs = executor.map_array(job, list(part), [tasks] * len(part))
                 ids += [j.job_id for j in jobs]
         else:
-            ids.append(make_executor(stage, res, run_dir, dependency, 1).submit(job).job_id)
+            ids.append(make_executor(stage, res, run_dir, dependency, 1, container).submit(job).job_id)
         submitted[stage] = ids
         record(run_dir, stage, ids)
         print(f"{stage}: submitted {', '.join(ids)}", file=out)

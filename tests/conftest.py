@@ -1,10 +1,14 @@
-"""Shared helpers: run the real CLI in a subprocess, read whole stores back, tiny configs."""
+"""Shared helpers: run the real CLI in a subprocess, read whole stores back, tiny configs, and the
+local Slurm cluster (slurm/local-cluster.sh) with ways to watch its jobs."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +68,47 @@ def smoke_cfg():
     from worldmodels import config
 
     return config.load(SMOKE)
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    if os.geteuid() != 0:
+        pytest.fail("the Slurm tests start a local cluster, which needs root (CI runs as root)")
+    subprocess.run([str(ROOT / "slurm" / "local-cluster.sh"), "up"], check=True, capture_output=True, timeout=120)
+    os.environ["SLURM_CONF"] = str(ROOT / ".slurm" / "slurm.conf")
+    return os.environ["SLURM_CONF"]
+
+
+def scontrol(job_id: str) -> dict[str, str]:
+    text = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30).stdout
+    return dict(re.findall(r"(\w+)=(\S+)", text.splitlines()[0])) if text.strip() else {}
+
+
+def job_ids(run: Path, stage: str) -> list[str]:
+    return json.loads((run / "slurm" / "jobs.json").read_text())[stage]["ids"]
+
+
+def log_text(run: Path, job_id: str) -> str:
+    return "".join(p.read_text() for p in sorted((run / "slurm").glob(f"{job_id}/*_log.err")))
+
+
+def wait_done(run: Path, ids: list[str], timeout: float = 900) -> None:
+    """Wait for jobs to finish, with a deadline; a failed job fails the test with its log's tail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = {i: scontrol(i).get("JobState", "UNKNOWN") for i in ids}
+        bad = {i: s for i, s in states.items() if s in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")}
+        assert not bad, f"jobs failed: {bad}\n" + "\n".join(log_text(run, i)[-3000:] for i in bad)
+        if all(s == "COMPLETED" for s in states.values()):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"jobs {ids} not finished after {timeout} s: {states}")
+
+
+def wait_for(predicate, timeout: float = 180, what: str = "progress") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no {what} after {timeout} s")

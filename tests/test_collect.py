@@ -167,3 +167,18 @@ def test_wandb_runs_offline_in_the_run_directory_grouped_by_it_and_never_shows_t
     assert group_name(run).encode() in log and b"episode/return" in log
     assert secret not in proc.stdout + proc.stderr
     assert not any(secret.encode() in p.read_bytes() for p in run.rglob("*") if p.is_file())
+
+
+def test_an_interrupted_stage_resumes_the_same_wandb_run(tmp_path, monkeypatch):
+    from worldmodels.rundir import run_id
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    run = tmp_path / "run"
+    proc = start_cli("collect", "--config", SMOKE, "--run-dir", run, "logging.wandb=true", *LONGER)
+    wait_for_committed(run, 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 75
+    run_cli("collect", "--config", SMOKE, "--run-dir", run, "logging.wandb=true", *LONGER)
+    attempts = sorted((run / "wandb" / "wandb").glob("offline-run-*"))
+    assert len(attempts) == 2  # one per attempt, both the same wandb run: synced, it is one history
+    assert {p.name.rsplit("-", 1)[1] for p in attempts} == {run_id(run, "collect")}

@@ -5,13 +5,12 @@ import json
 import os
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import ROOT, SMOKE, assert_same_store, run_cli
+from conftest import ROOT, SMOKE, assert_same_store, job_ids, log_text, run_cli, scontrol, wait_done, wait_for
 from worldmodels.checkpoint import load_file
 
 LOCAL = ROOT / "slurm" / "profiles" / "local.yaml"
@@ -19,50 +18,6 @@ LOCAL = ROOT / "slurm" / "profiles" / "local.yaml"
 RUN = ["env.max_steps=400", "collect.episodes=12", "vae.steps=60", "encode.batch_size=1", "mdnrnn.steps=400",
        "controller.generations=6", "evaluate.episodes=6", "train.log_every_steps=1"]
 STAGES = ["collect", "train-vae", "encode", "train-mdnrnn", "train-controller", "evaluate"]
-
-
-@pytest.fixture(scope="session")
-def cluster():
-    if os.geteuid() != 0:
-        pytest.fail("the Slurm tests start a local cluster, which needs root (CI runs as root)")
-    subprocess.run([str(ROOT / "slurm" / "local-cluster.sh"), "up"], check=True, capture_output=True, timeout=120)
-    os.environ["SLURM_CONF"] = str(ROOT / ".slurm" / "slurm.conf")
-    return os.environ["SLURM_CONF"]
-
-
-def scontrol(job_id: str) -> dict[str, str]:
-    text = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30).stdout
-    return dict(re.findall(r"(\w+)=(\S+)", text.splitlines()[0])) if text.strip() else {}
-
-
-def job_ids(run: Path, stage: str) -> list[str]:
-    return json.loads((run / "slurm" / "jobs.json").read_text())[stage]["ids"]
-
-
-def log_text(run: Path, job_id: str) -> str:
-    return "".join(p.read_text() for p in sorted((run / "slurm").glob(f"{job_id}/*_log.err")))
-
-
-def wait_done(run: Path, ids: list[str], timeout: float = 900) -> None:
-    """Wait for jobs to finish, with a deadline; a failed job fails the test with its log's tail."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        states = {i: scontrol(i).get("JobState", "UNKNOWN") for i in ids}
-        bad = {i: s for i, s in states.items() if s in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")}
-        assert not bad, f"jobs failed: {bad}\n" + "\n".join(log_text(run, i)[-3000:] for i in bad)
-        if all(s == "COMPLETED" for s in states.values()):
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"jobs {ids} not finished after {timeout} s: {states}")
-
-
-def wait_for(predicate, timeout: float = 180, what: str = "progress") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"no {what} after {timeout} s")
 
 
 def submit(run: Path, stage: str, *extra: str, profile: Path = LOCAL) -> subprocess.CompletedProcess:
@@ -186,6 +141,9 @@ def test_an_array_larger_than_max_array_size_is_chunked(cluster, tmp_path, monke
     assert len(ids) == 5 and len({i.split("_")[0] for i in ids}) == 3  # arrays of 2, 2 and 1 tasks
     wait_done(tmp_path / "run", ids)
     assert json.loads(run_cli("status", tmp_path / "run", "--json").stdout)["stages"]["collect"]["state"] == "done"
+    # five array tasks in three arrays collect exactly what one local process collects
+    run_cli("collect", "--config", SMOKE, "--run-dir", tmp_path / "local", "collect.episodes=5")
+    assert_same_store(tmp_path / "local" / "data" / "rollouts.zarr", tmp_path / "run" / "data" / "rollouts.zarr")
 
 
 @pytest.mark.parametrize("profile, message", [

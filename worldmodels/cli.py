@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                       first=("stage", "collect, train-vae, encode, train-mdnrnn, train-controller, evaluate, report or pipeline"))
     p.add_argument("--profile", type=Path, required=True, help="where to run: a YAML file in slurm/profiles/")
     p.add_argument("--dry-run", action="store_true", help="print the sbatch scripts instead of submitting")
+    p.add_argument("--container", metavar="IMAGE", help="run the jobs inside this image (an Apptainer .sif, or a "
+                   "Docker/Podman image name) through containers/run.sh")
     p = sub.add_parser("status", help="show where each stage of a run directory stands",
                        description="show where each stage of a run directory stands")
     p.add_argument("run_dir", type=Path)
@@ -88,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
         from jobs.profile import load_profile
         from jobs.submit import stages_for, submit
 
-        submit(cfg, args.run_dir, stages_for(args.stage), load_profile(args.profile), dry_run=args.dry_run)
+        submit(cfg, args.run_dir, stages_for(args.stage), load_profile(args.profile), dry_run=args.dry_run,
+               container=args.container)
         return 0
     if args.command == "collect":
         from worldmodels.collect import collect, rollouts_path

@@ -89,6 +89,15 @@ def group_name(run_dir: str | Path) -> str:
     return f"{Path(resolved).name}-{hashlib.sha1(resolved.encode()).hexdigest()[:8]}"
 
 
+def run_id(run_dir: str | Path, name: str) -> str:
+    """A stable wandb run id for one stage (or task) of a run directory: every attempt, requeued
+    or rerun by hand, resumes the same wandb run, and its step axis continues."""
+    import hashlib
+
+    key = f"{Path(run_dir).resolve()}\0{name}"
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
 # --- stage states -------------------------------------------------------------------------------
 
 STALE_AFTER_S = 120.0  # a "running" state not refreshed for this long is reported as interrupted

@@ -2,7 +2,8 @@
 
 wandb runs offline unless the user sets WANDB_MODE (e.g. `online`, with WANDB_API_KEY in the
 environment, which is never printed or saved here). All runs of one run directory share a wandb
-group, so a requeued or resumed attempt appears next to the first one.
+group, and each stage (or task) has a stable run id, so a requeued or resumed attempt resumes
+the same wandb run with its step axis continuing where the checkpoint left off.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class Tracker:
         directory.mkdir(parents=True, exist_ok=True)
         return wandb.init(project=self.cfg.logging.project, group=rundir.group_name(self.run_dir),
                           job_type=self.stage, name=self.name, dir=str(directory),
+                          id=rundir.run_id(self.run_dir, self.name), resume="allow",
                           config=config_lib.to_dict(self.cfg), reinit="create_new")
 
     def advance(self, n: int = 1, **metrics: float) -> None:

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Runs a command inside the worldmodels image, the same way for a local stage, `make demo` and a
+# Slurm job (submitit's python command is `containers/run.sh --bind RUN_DIR IMAGE python`).
+#
+#   containers/run.sh [--bind DIR]... IMAGE COMMAND [ARG...]
+#
+# IMAGE is an Apptainer image (a .sif file) or a Docker/Podman image name. Inside, the working
+# directory is the caller's (bind-mounted read-only, at the same path, so relative paths mean the
+# same thing), each --bind DIR is mounted read-write at the same path, files are written as the
+# calling user, and the image itself is read-only. GPUs are passed through when the host has them.
+#
+# Preemption: Slurm signals every process of the job step, so the stage inside sees SIGUSR2,
+# saves its checkpoint and exits with 75 ("requeue me"). Slurm's tools need not exist in the
+# image: this script, outside the container, runs `scontrol requeue` for it.
+set -uo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REQUEUE_EXIT_CODE=75
+
+binds=()
+while [[ $# -gt 0 && $1 == --bind ]]; do
+    [[ $# -ge 2 ]] || { echo "run.sh: --bind needs a directory" >&2; exit 2; }
+    mkdir -p "$2" && binds+=("$(cd "$2" && pwd)")
+    shift 2
+done
+[[ $# -ge 2 ]] || { echo "usage: containers/run.sh [--bind DIR]... IMAGE COMMAND [ARG...]" >&2; exit 2; }
+image=$1; shift
+cwd=$(pwd)
+has_gpu() { command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; }
+
+if [[ $image == *.sif ]]; then
+    [[ -f $image ]] || { echo "run.sh: no Apptainer image at $image (make container-apptainer builds it)" >&2; exit 2; }
+    runtime=$(command -v apptainer || command -v singularity) \
+        || { echo "run.sh: $image needs apptainer (or singularity) on PATH" >&2; exit 2; }
+    cmd=("$runtime" exec --bind "$cwd:$cwd:ro" --pwd "$cwd")
+    for dir in "${binds[@]}"; do cmd+=(--bind "$dir:$dir"); done
+    has_gpu && cmd+=(--nv)
+    # Apptainer passes the caller's environment through and runs as the caller already.
+    export WORLDMODELS_CONTAINER=$image
+    cmd+=("$image" "$@")
+else
+    engine=${CONTAINER_ENGINE:-$(command -v podman || command -v docker)} \
+        || { echo "run.sh: $image needs podman or docker on PATH" >&2; exit 2; }
+    # The suite's podman settings (containers/podman.conf) unless the caller chose others.
+    [[ $(basename "$engine") == podman ]] && export CONTAINERS_CONF=${CONTAINERS_CONF:-$here/podman.conf}
+    cmd=("$engine" run --rm --init --read-only --ipc=host "--network=${CONTAINER_NETWORK:-host}"
+         -v "$cwd:$cwd:ro" -w "$cwd" --entrypoint "$1" -e "WORLDMODELS_CONTAINER=$image")
+    for dir in "${binds[@]}"; do cmd+=(-v "$dir:$dir"); done
+    if [[ $(basename "$engine") == podman && $(id -u) != 0 ]]; then
+        cmd+=(--userns=keep-id)                   # rootless podman: the caller's uid inside
+    else
+        cmd+=(--user "$(id -u):$(id -g)" --tmpfs /tmp)
+    fi
+    if has_gpu; then
+        [[ $(basename "$engine") == podman ]] && cmd+=(--device nvidia.com/gpu=all) || cmd+=(--gpus all)
+    fi
+    # Only names cross over (-e NAME), never values on the command line: tokens stay out of `ps`.
+    while read -r name; do cmd+=(-e "$name"); done < <(compgen -e | grep -E \
+        '^(SLURM_|SLURMD_|SUBMITIT_|WANDB_|HF_|HUGGING_FACE_|OMPI_|PMIX_|CUDA_VISIBLE_DEVICES$|TERM$|JOBS$)')
+    [[ -t 0 && -t 1 ]] && cmd+=(-it)
+    cmd+=("$image" "${@:2}")
+fi
+
+# The command runs in the foreground; a trapped signal only waits for it (see above).
+trap ':' USR2 TERM
+"${cmd[@]}"
+rc=$?
+if [[ $rc == "$REQUEUE_EXIT_CODE" && -n ${SLURM_JOB_ID:-} ]]; then
+    echo "run.sh: the stage saved its progress; requeueing Slurm job $SLURM_JOB_ID" >&2
+    scontrol requeue "$SLURM_JOB_ID"
+fi
+exit $rc
