@@ -84,9 +84,13 @@ def collect_fps(episodes: int, envs_per_task: int) -> tuple[float, int]:
 
 
 def peak_rss_mib(episodes: int) -> float:
-    """Peak resident memory of a separate process that collects `episodes` episodes."""
-    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import benchmarks.collect as b, resource; "
-            f"b.collect_fps({episodes}, 1); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    """Peak resident memory of a separate process that collects `episodes` episodes.
+
+    Read as VmHWM from /proc: the child's ru_maxrss would be this (larger) process's peak, which
+    Linux carries into a child across fork and exec.
+    """
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import benchmarks.collect as b, re; "
+            f"b.collect_fps({episodes}, 1); print(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read())[1])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(out.stdout.split()[-1]) / 1024
 

@@ -14,12 +14,13 @@ A writer that dies mid-episode leaves an uncommitted slot that the rerun simply 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Coroutine, Iterable
 
 import numpy as np
 
@@ -59,6 +60,8 @@ class EpisodeStore:
         self.num_episodes: int = int(attrs["episodes"])
         self.slot: int = int(attrs["slot"])
         self.fields: dict[str, Field] = {k: Field(v["dtype"], tuple(v["shape"])) for k, v in attrs["fields"].items()}
+        self._arrays: dict[str, Any] = {}  # opened once: each open reads the array's metadata file
+        self._row_writers: dict[str, Any] = {}  # the per-step arrays, storing chunks as _row_writes explains
 
     # --- creating and opening ---------------------------------------------------------------
 
@@ -135,15 +138,41 @@ class EpisodeStore:
         if not 0 < length <= self.slot:
             raise ValueError(f"episode length {length} outside 1..{self.slot}")
         start = k * self.slot
+        writes = []
         for name, values in data.items():
             f = self.fields[name]
             if values.shape != (length, *f.shape):
                 raise ValueError(f"{name}: shape {values.shape} != {(length, *f.shape)}")
-            self._group[name][start:start + length] = values.astype(f.dtype, copy=False)
-        self._group["episodes/start"][k] = start
-        self._group["episodes/return"][k] = ret
-        self._group["episodes/seed"][k] = seed
-        self._group["episodes/length"][k] = length
+            writes += self._row_writes(name, start, np.ascontiguousarray(values, dtype=f.dtype))
+        writes += [self.array(f"episodes/{name}").async_array.setitem(k, value)
+                   for name, value in (("start", start), ("return", ret), ("seed", seed))]
+        _run_concurrently(writes)  # one round trip to zarr's event loop instead of one per write
+        self.array("episodes/length")[k] = length  # the commit marker: only once everything else is stored
+
+    def _row_writes(self, name: str, start: int, values: np.ndarray) -> list[Coroutine]:
+        """zarr writes of `values` into rows start.. of a per-step array, one whole chunk each.
+
+        They store the same chunk files as one zarr write of the rows, at a fraction of zarr's
+        cost, which is in two places: every chunk it writes is first compared with the fill value
+        by np.array_equal (about 5 ms for a 1.5 MB frame chunk, more than compressing it), and a
+        value that spans several chunks is copied into freshly allocated chunk buffers. Here each
+        write passes exactly one chunk, which zarr encodes as is; the episode's last chunk is
+        padded with the fill value (0, as every array is created), which zarr would have merged
+        it with; and a chunk that is all fill is left to zarr's own path, which stores nothing.
+        """
+        array = self.array(name)
+        if name not in self._row_writers:
+            self._row_writers[name] = array.with_config({"write_empty_chunks": True})
+        chunk = array.chunks[0]
+        writes = []
+        for offset in range(0, len(values), chunk):
+            block = values[offset:offset + chunk]
+            if len(block) < chunk:
+                block = np.concatenate([block, np.zeros((chunk - len(block), *block.shape[1:]), block.dtype)])
+            # all bytes zero is equal to the fill value bit for bit (how zarr compares floats, too)
+            writer = self._row_writers[name] if block.view(np.uint8).any() else array
+            writes.append(writer.async_array.setitem(slice(start + offset, start + offset + chunk), block))
+        return writes
 
     def read_episode(self, k: int, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """The committed rows of episode k, for the named fields (all by default)."""
@@ -155,13 +184,25 @@ class EpisodeStore:
 
     def array(self, name: str) -> Any:
         """The underlying zarr array (for chunk-wise readers)."""
-        return self._group[name]
+        if name not in self._arrays:
+            self._arrays[name] = self._group[name]
+        return self._arrays[name]
 
     def _read(self, name: str, where: Any) -> np.ndarray:
         try:
-            return self._group[name][where]
+            return self.array(name)[where]
         except Exception as exc:  # a damaged chunk surfaces as a codec or decode error
             raise DataError(f"{self.path}/{name}: cannot read {where!r}: {type(exc).__name__}: {exc}") from None
+
+
+def _run_concurrently(writes: list[Coroutine]) -> None:
+    """Await zarr coroutines together on zarr's own event loop (where its sync API runs them)."""
+    from zarr.core.sync import sync
+
+    async def gather() -> None:
+        await asyncio.gather(*writes)
+
+    sync(gather())
 
 
 def _first_difference(a: dict[str, Any], b: dict[str, Any]) -> str:

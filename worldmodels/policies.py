@@ -23,7 +23,9 @@ class Policy(Protocol):
         """A new episode (a worldmodels.rollout.Episode) starts in `slot`."""
 
     def act(self, obs: np.ndarray, slots: np.ndarray) -> np.ndarray:
-        """Actions (int64 [B]) for observations uint8 [B, H, W, 3] of the episodes in `slots`."""
+        """Actions (int64 [B]) for observations uint8 [B, H, W, 3] of the episodes in `slots`.
+
+        `obs` is reused by the next step: copy what must outlive the call."""
 
     def end(self, slot: int, played) -> None:
         """The episode in `slot` is over."""

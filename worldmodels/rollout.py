@@ -10,7 +10,7 @@ across processes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -28,6 +28,35 @@ class Episode:
     tag: Any = None  # what the policy needs to know about this episode (e.g. its candidate)
 
 
+class Rows:
+    """A recorded episode's rows in the dataset convention (see `play`).
+
+    Each frame is copied straight into one preallocated array (doubled when full) and the
+    finished episode is handed over as a slice of it, instead of a list of per-step frames
+    stacked at the end, which cost a second copy of every frame.
+    """
+
+    def __init__(self, obs: np.ndarray, capacity: int = 1024):  # 12 MiB of 64x64 frames: most episodes fit
+        self.frames = np.empty((capacity, *obs.shape), obs.dtype)
+        self.frames[0] = obs
+        self.length = 1
+        self.actions, self.rewards, self.terminated, self.truncated = [0], [0.0], [False], [False]
+
+    def add(self, obs: np.ndarray, action: int, reward: float, terminated: bool, truncated: bool) -> None:
+        if self.length == len(self.frames):
+            self.frames = np.concatenate([self.frames, np.empty_like(self.frames)])
+        self.frames[self.length] = obs
+        self.length += 1
+        self.actions.append(action)
+        self.rewards.append(reward)
+        self.terminated.append(terminated)
+        self.truncated.append(truncated)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"frames": self.frames[:self.length], "actions": np.asarray(self.actions), "rewards": np.asarray(self.rewards),
+                "terminated": np.asarray(self.terminated), "truncated": np.asarray(self.truncated)}
+
+
 @dataclass
 class Played:
     """A finished episode: its job, score, steps, and (when recorded) its rows."""
@@ -35,10 +64,10 @@ class Played:
     job: Episode
     ret: float = 0.0
     steps: int = 0
-    rows: dict[str, list] = field(default_factory=dict)
+    rows: Rows | None = None
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"frames": np.stack(self.rows["frames"]), **{k: np.asarray(v) for k, v in self.rows.items() if k != "frames"}}
+        return self.rows.arrays()
 
 
 def play(env_cfg: EnvConfig, policy, jobs: Iterable[Episode], on_done: Callable[[Played], None], *,
@@ -54,7 +83,9 @@ def play(env_cfg: EnvConfig, policy, jobs: Iterable[Episode], on_done: Callable[
     queue = iter(jobs)
     envs = envs or [AtariEnv(env_cfg) for _ in range(batch)]
     running: list[Played | None] = [None] * len(envs)
-    obs_now: list[np.ndarray | None] = [None] * len(envs)
+    # Every slot's current observation, in place: the policy gets this batch (or the rows of the
+    # slots still running) without restacking per-step arrays. Valid only during its act() call.
+    obs_now = np.zeros((len(envs), *envs[0].observation_space.shape), envs[0].observation_space.dtype)
 
     def start(slot: int) -> None:
         job = next(queue, None)
@@ -63,10 +94,8 @@ def play(env_cfg: EnvConfig, policy, jobs: Iterable[Episode], on_done: Callable[
             return
         obs, _ = envs[slot].reset(seed=job.seed)
         policy.begin(slot, job)
-        running[slot] = Played(job)
+        running[slot] = Played(job, rows=Rows(obs) if record else None)
         obs_now[slot] = obs
-        if record:
-            running[slot].rows = {"frames": [obs], "actions": [0], "rewards": [0.0], "terminated": [False], "truncated": [False]}
 
     for slot in range(len(envs)):
         start(slot)
@@ -76,7 +105,7 @@ def play(env_cfg: EnvConfig, policy, jobs: Iterable[Episode], on_done: Callable[
             return
         if stop is not None:
             stop.check()
-        actions = policy.act(np.stack([obs_now[i] for i in slots]), slots)
+        actions = policy.act(obs_now if len(slots) == len(envs) else obs_now[slots], slots)
         for slot, action in zip(slots.tolist(), actions.tolist()):
             obs, reward, terminated, truncated, _ = envs[slot].step(action)
             p = running[slot]
@@ -84,9 +113,7 @@ def play(env_cfg: EnvConfig, policy, jobs: Iterable[Episode], on_done: Callable[
             p.steps += 1
             obs_now[slot] = obs
             if record:
-                for key, value in zip(("frames", "actions", "rewards", "terminated", "truncated"),
-                                      (obs, action, reward, terminated, truncated)):
-                    p.rows[key].append(value)
+                p.rows.add(obs, action, reward, terminated, truncated)
             if terminated or truncated:
                 policy.end(slot, p)
                 on_done(p)
