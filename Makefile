@@ -59,7 +59,8 @@ setup: system-packages $(STAMPS)/venv ## create .venv and install everything the
 test: setup ## run the whole test suite except the container tests (make container-test)
 	$(PY) -m pytest -q
 
-# Local runs use every core: array-style stages as parallel tasks, the controller as MPI ranks.
+# Local runs use every core: array-style stages as parallel tasks, the controller as MPI ranks,
+# each with one torch thread (JOBS processes of two threads each on JOBS cores run ten times slower).
 # With CONTAINER=<image or .sif> every stage runs inside that image (containers/run.sh), with
 # the run directory bind-mounted; the host then needs no virtual environment.
 JOBS      ?= $(shell nproc 2>/dev/null || echo 2)
@@ -67,7 +68,7 @@ CONTAINER ?=
 # in_image DIR: the prefix that runs a command inside CONTAINER with DIR writable (or nothing)
 in_image   = $(if $(CONTAINER),containers/run.sh --bind $(abspath $(1)) $(CONTAINER))
 PYTHON_IN  = $(if $(CONTAINER),$(call in_image,$(1)) python,$(PY))
-MPIRUN_IN  = $(call in_image,$(1)) $(if $(or $(CONTAINER),$(shell command -v mpirun)),mpirun --oversubscribe -n $(JOBS))
+MPIRUN_IN  = $(call in_image,$(1)) $(if $(or $(CONTAINER),$(shell command -v mpirun)),mpirun --oversubscribe -x OMP_NUM_THREADS=1 -n $(JOBS))
 HOST_SETUP = $(if $(CONTAINER),,setup)
 export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
@@ -76,7 +77,7 @@ demo: $(HOST_SETUP) ## run the whole pipeline on configs/demo.yaml into a fresh 
 	@mkdir -p $(DEMO_DIR) $(if $(filter runs/demo-%,$(DEMO_DIR)),&& ln -sfn "$(abspath $(DEMO_DIR))" runs/latest)
 	@set -e; start=$$(date +%s); wm="$(call PYTHON_IN,$(DEMO_DIR)) -m worldmodels"; \
 	args="--config $(CONFIG) --run-dir $(DEMO_DIR) $(OVERRIDES)"; \
-	tasks() { for t in $$(seq 0 $$(($(JOBS) - 1))); do $$wm $$1 $$args --task $$t --num-tasks $(JOBS) & done; \
+	tasks() { for t in $$(seq 0 $$(($(JOBS) - 1))); do OMP_NUM_THREADS=1 $$wm $$1 $$args --task $$t --num-tasks $(JOBS) & done; \
 		for t in $$(seq 1 $(JOBS)); do wait -n; done; }; \
 	tasks collect; $$wm collect $$args; \
 	$$wm train-vae $$args; \

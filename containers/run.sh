@@ -55,7 +55,7 @@ else
     fi
     # Only names cross over (-e NAME), never values on the command line: tokens stay out of `ps`.
     while read -r name; do cmd+=(-e "$name"); done < <(compgen -e | grep -E \
-        '^(SLURM_|SLURMD_|SUBMITIT_|WANDB_|HF_|HUGGING_FACE_|OMPI_|PMIX_|CUDA_VISIBLE_DEVICES$|TERM$|JOBS$)')
+        '^(SLURM_|SLURMD_|SUBMITIT_|WANDB_|HF_|HUGGING_FACE_|OMPI_|PMIX_|CUDA_VISIBLE_DEVICES$|OMP_NUM_THREADS$|TERM$)')
     [[ -t 0 && -t 1 ]] && cmd+=(-it)
     cmd+=("$image" "${@:2}")
 fi

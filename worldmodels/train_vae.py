@@ -37,12 +37,19 @@ def build_vae(cfg: Config, device: torch.device) -> ConvVAE:
     return model
 
 
+def mean_colour(store: EpisodeStore) -> torch.Tensor:
+    """Mean RGB in [0, 1] of the first committed episode's frames (deterministic, cheap)."""
+    frames = store.read_episode(int(store.complete()[0]), ["frames"])["frames"]
+    return torch.from_numpy(frames.reshape(-1, 3).mean(axis=0) / 255.0)
+
+
 def train_vae(cfg: Config, run_dir: str | Path) -> int:
     """Train the VAE to cfg.vae.steps (resuming if checkpoints exist); returns the final step."""
     run_dir = rundir.prepare(run_dir, cfg)
     store = finished_rollouts(run_dir)
     device = select_device(cfg.train.device)
     model = build_vae(cfg, device)
+    model.init_output(mean_colour(store).to(device))  # a resumed run loads its weights over this
     log.info("train-vae: ConvVAE with %s parameters (z=%d) on %s", f"{parameter_count(model):,}", cfg.vae.z_size, device)
     forward = torch.compile(model) if cfg.vae.compile and device.type == "cuda" else model
     loader = frame_loader(store, batch_size=cfg.vae.batch_size, block_units=cfg.vae.block_chunks,

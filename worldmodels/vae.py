@@ -32,6 +32,19 @@ class ConvVAE(nn.Module):
             nn.ConvTranspose2d(32, 3, 6, stride=2), nn.Sigmoid(),
         )
 
+    def init_output(self, mean_colour: torch.Tensor) -> None:
+        """Start the decoder's output at the frames' mean colour (RGB in [0, 1]).
+
+        Atari frames are mostly black. From the default start (sigmoid(0): mid-grey everywhere)
+        the first thousand steps go to learning the background, and meanwhile the encoder
+        settles on one constant code that it does not leave (posterior collapse: z says nothing
+        about the frame). Starting from the mean colour, it encodes the sprites within a few
+        hundred steps.
+        """
+        p = mean_colour.float().clamp(1e-3, 1 - 1e-3)
+        with torch.no_grad():
+            self.decoder[-2].bias.copy_(torch.log(p / (1 - p)))
+
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """mu, logvar [B, z] of frames [B, 3, 64, 64] in [0, 1]."""
         h = self.encoder(x)
