@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.collect import pin_to_one_core, raw_emulator_fps  # noqa: E402
 from worldmodels.config import EnvConfig  # noqa: E402
 from worldmodels.controller import WorldModelPolicy, controller_size  # noqa: E402
+from worldmodels.evolution import es_bytes  # noqa: E402
 from worldmodels.mdnrnn import MDNRNN  # noqa: E402
 from worldmodels.vae import ConvVAE  # noqa: E402
 
@@ -124,7 +125,7 @@ def master_seconds(population: int, generations: int = 5) -> float:
     for _ in range(generations):
         solutions = es.ask()
         es.tell(solutions, list(rng.normal(size=population)))
-        torch.save({"es": es.pickle_dumps()}, io.BytesIO())
+        torch.save({"es": es_bytes(es)}, io.BytesIO())
     return (time.perf_counter() - start) / generations
 
 
