@@ -16,6 +16,12 @@ up() {
   for tool in munged slurmctld slurmd sinfo; do
     command -v $tool >/dev/null || { echo "error: $tool is missing (make system-packages installs slurm-wlm and munge)" >&2; exit 2; }
   done
+  # One machine holds one local cluster (the daemons' ports are fixed): refuse another checkout's.
+  other=$(pgrep -a -f "slurmctld -f " | grep -v -F -- "-f $CONF" | sed -n 's/.*slurmctld -f //p' | head -1 || true)
+  if [ -n "$other" ]; then
+    echo "error: a local cluster from $(dirname "$(dirname "$other")") is already running; stop it there with slurm/local-cluster.sh down" >&2
+    exit 2
+  fi
   mkdir -p "$DIR"/{state,spool,log} /run/munge /var/log/munge /var/lib/munge /etc/munge
   if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
     [ -s /etc/munge/munge.key ] || { dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null; }

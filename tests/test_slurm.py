@@ -189,3 +189,11 @@ def test_rendered_sbatch_scripts_match_the_checked_in_ones(profile, tmp_path):
     if os.environ.get("UPDATE_GOLDEN"):
         golden.write_text(rendered)
     assert rendered == golden.read_text(), "rendered scripts changed; review and rerun with UPDATE_GOLDEN=1"
+
+
+def test_a_second_local_cluster_is_refused_while_one_runs(cluster, tmp_path):
+    proc = subprocess.run([str(ROOT / "slurm" / "local-cluster.sh"), "up"], capture_output=True, text=True,
+                          env={**os.environ, "SLURM_LOCAL_DIR": str(tmp_path / "other")}, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"a local cluster from {ROOT} is already running" in proc.stderr
+    assert not (tmp_path / "other").exists()
