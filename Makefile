@@ -133,6 +133,7 @@ status: setup ## show where each stage of RUN_DIR stands
 bench: setup ## run the benchmarks: each hot path against its physical limit
 	$(PY) benchmarks/collect.py
 	$(PY) benchmarks/train.py
+	$(PY) benchmarks/controller.py
 
 # --- containers ----------------------------------------------------------------------------
 IMAGE     ?= localhost/worldmodels:latest
