@@ -17,7 +17,11 @@ up() {
     command -v $tool >/dev/null || { echo "error: $tool is missing (make system-packages installs slurm-wlm and munge)" >&2; exit 2; }
   done
   # One machine holds one local cluster (the daemons' ports are fixed): refuse another checkout's.
-  other=$(pgrep -a -f "slurmctld -f " | grep -v -F -- "-f $CONF" | sed -n 's/.*slurmctld -f //p' | head -1 || true)
+  other=""
+  for pid in $(pgrep -x slurmctld || true); do
+    conf=$(tr '\0' '\n' < /proc/$pid/cmdline | sed -n '/^-f$/{n;p}')
+    [ -n "$conf" ] && [ "$conf" != "$CONF" ] && other=$conf
+  done
   if [ -n "$other" ]; then
     echo "error: a local cluster from $(dirname "$(dirname "$other")") is already running; stop it there with slurm/local-cluster.sh down" >&2
     exit 2
@@ -53,7 +57,7 @@ MpiDefault=none
 JobAcctGatherType=jobacct_gather/none
 MaxArraySize=1001
 KillWait=10
-# keep finished jobs visible to scontrol (and so to `status`) for an hour
+# keep finished jobs visible to scontrol (and so to the status command) for an hour
 MinJobAge=3600
 NodeName=$HOST CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
