@@ -45,15 +45,15 @@ def progress(run: Path, stage: str) -> int:
 
         path = run / "data" / ("rollouts.zarr" if stage == "collect" else "latents.zarr")
         return int((EpisodeStore.open(path).lengths() > 0).sum()) if path.exists() else 0
-    if stage == "evaluate":
-        return sum(len(json.loads(p.read_text())) for p in (run / "eval" / "parts").glob("*.json")) if (run / "eval" / "parts").exists() else 0
+    if stage == "evaluate":  # task 0's own episodes: that is the task the test preempts
+        return sum(len(json.loads(p.read_text())) for p in (run / "eval" / "parts").glob("*.task0-of-*.json"))
     if stage == "train-controller":
         return len(list((run / "checkpoints" / "controller").glob("*.json")))
     path = run / "logs" / f"{stage}.jsonl"
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-THRESHOLD = {"collect": 2, "train-vae": 5, "encode": 2, "train-mdnrnn": 20, "train-controller": 2, "evaluate": 4}
+THRESHOLD = {"collect": 2, "train-vae": 5, "encode": 2, "train-mdnrnn": 20, "train-controller": 2, "evaluate": 2}
 
 
 @pytest.mark.parametrize("stage", STAGES)
