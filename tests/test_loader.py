@@ -6,14 +6,23 @@ from worldmodels.dataset import EpisodeStore, Field
 
 
 def toy(sizes, **kw):
+    """A loader over items 0, 1, ... in units of `sizes`, recording each read and every buffer used."""
     offsets = np.concatenate([[0], np.cumsum(sizes)])
-    calls = []
+    calls, buffers = [], {}
 
-    def read(units):
+    def read(units, empty):
         calls.append(list(units))
-        return [{"x": np.arange(offsets[u], offsets[u + 1])} for u in units]
+        parts = []
+        for u in units:
+            buffer = empty((max(sizes),), np.int64)  # one size for all units, as for chunks
+            buffers[id(buffer)] = buffer
+            buffer[: sizes[u]] = np.arange(offsets[u], offsets[u + 1])
+            parts.append({"x": buffer[: sizes[u]]})
+        return parts
 
-    return BlockShuffleLoader(list(sizes), read, **kw), calls
+    loader = BlockShuffleLoader(list(sizes), read, **kw)
+    loader.buffers = buffers
+    return loader, calls
 
 
 def take(loader, n, start=0):
@@ -49,8 +58,15 @@ def test_restarting_at_any_batch_gives_exactly_the_batches_of_an_uninterrupted_s
 
 def test_memory_is_bounded_by_the_block_size():
     loader, calls = toy([10] * 100, batch_size=8, block_units=3, seed=0, workers=2)
-    take(loader, 200)
+    batches = take(loader, 200)  # 1600 items: over 50 blocks
     assert max(len(c) for c in calls) <= 3
+    # read buffers are reused: the block being consumed and the two read ahead, 3 units each
+    assert len(loader.buffers) <= 9
+    # and reusing them never changed a batch already delivered
+    whole = np.concatenate(batches)
+    assert sorted(whole[:1000]) == list(range(1000))
+    alone = take(toy([10] * 100, batch_size=8, block_units=3, seed=0, workers=1)[0], 200)
+    np.testing.assert_array_equal(whole, np.concatenate(alone))
 
 
 def make_latents(tmp_path, lengths, z=2):

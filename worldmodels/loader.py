@@ -13,29 +13,63 @@ loaders read whole units (a frame chunk, an episode) and shuffle in memory inste
 
 Blocks are read ahead by `workers` threads (Zarr's decoders release the GIL). A block stays
 a list of the arrays Zarr decoded (one per unit) and each batch gathers its rows from them:
-concatenating or permuting whole blocks would add two full copies of every frame.
+concatenating or permuting whole blocks would add two full copies of every frame. Those arrays
+are decoded into buffers that are reused once their block is consumed: fresh ones of a chunk's
+size come from pages the allocator has just returned to the system, and faulting them in again
+cost as much as decoding.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
 import numpy as np
+from zarr.core.buffer import default_buffer_prototype
 
 from worldmodels.dataset import EpisodeStore
 
 Batch = dict[str, np.ndarray]
+Empty = Callable[[tuple[int, ...], np.dtype], np.ndarray]
+
+
+class BufferPool:
+    """Arrays handed out per block and taken back, all of them, when the block is consumed."""
+
+    def __init__(self):
+        self._free: dict[tuple, list[np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def lease(self) -> tuple[Empty, list[np.ndarray]]:
+        """An `empty(shape, dtype)` for one block, and the list of what it handed out."""
+        taken: list[np.ndarray] = []
+
+        def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+            key = (tuple(shape), np.dtype(dtype).str)
+            with self._lock:
+                free = self._free.get(key)
+                array = free.pop() if free else np.empty(shape, dtype)
+            taken.append(array)
+            return array
+
+        return empty, taken
+
+    def give_back(self, arrays: list[np.ndarray]) -> None:
+        with self._lock:
+            for a in arrays:
+                self._free.setdefault((a.shape, a.dtype.str), []).append(a)
 
 
 class BlockShuffleLoader:
     """Batches of `batch_size` items from units of known sizes; see the module docstring.
 
-    `read(units)` returns one dict of arrays per unit, each with `sizes[unit]` rows.
+    `read(units, empty)` returns one dict of arrays per unit, each with `sizes[unit]` rows. It may
+    build them in arrays from `empty(shape, dtype)`, which are reused once the block is consumed.
     """
 
-    def __init__(self, sizes: list[int], read: Callable[[list[int]], list[Batch]], *, batch_size: int,
+    def __init__(self, sizes: list[int], read: Callable[[list[int], Empty], list[Batch]], *, batch_size: int,
                  block_units: int, seed: int, workers: int = 1):
         if not sizes or sum(sizes) == 0:
             raise ValueError("nothing to load: the dataset has no items")
@@ -48,13 +82,15 @@ class BlockShuffleLoader:
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.sizes))
         return [order[i:i + self.block_units] for i in range(0, len(order), self.block_units)]
 
-    def _read_block(self, epoch: int, b: int, units: np.ndarray) -> tuple[list[Batch], np.ndarray, np.ndarray]:
-        """The block's per-unit arrays and, in shuffled order, each item's (unit, row)."""
-        parts = self.read(units.tolist())
+    def _read_block(self, pool: BufferPool, epoch: int, b: int, units: np.ndarray):
+        """The block's per-unit arrays, each item's (unit, row) in shuffled order, and the
+        pool's buffers the arrays live in."""
+        empty, buffers = pool.lease()
+        parts = self.read(units.tolist(), empty)
         sizes = self.sizes[units]
         perm = np.random.default_rng([self.seed, epoch, b]).permutation(int(sizes.sum()))
         unit = np.searchsorted(np.cumsum(sizes), perm, side="right")
-        return parts, unit, perm - (np.cumsum(sizes) - sizes)[unit]
+        return parts, unit, perm - (np.cumsum(sizes) - sizes)[unit], buffers
 
     def _position(self, start: int) -> tuple[int, int, int]:
         """(epoch, block, offset in block) of the first item of batch `start`."""
@@ -78,13 +114,14 @@ class BlockShuffleLoader:
         epoch, block, offset = self._position(start)
         schedule = self._schedule(epoch, block)
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="loader")
+        buffers = BufferPool()
         try:
-            pending = deque(pool.submit(self._read_block, *next(schedule)) for _ in range(self.workers))
+            pending = deque(pool.submit(self._read_block, buffers, *next(schedule)) for _ in range(self.workers))
             parts: list[Batch] = []
             have = 0
             while True:
-                block, unit, row = pending.popleft().result()
-                pending.append(pool.submit(self._read_block, *next(schedule)))
+                block, unit, row, used = pending.popleft().result()
+                pending.append(pool.submit(self._read_block, buffers, *next(schedule)))
                 n = len(unit)
                 while offset < n:
                     take = min(self.batch_size - have, n - offset)
@@ -94,6 +131,7 @@ class BlockShuffleLoader:
                         yield parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
                         parts, have = [], 0
                 offset = 0
+                buffers.give_back(used)  # every row of the block has been copied into a batch
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
@@ -121,8 +159,16 @@ def frame_loader(store: EpisodeStore, *, batch_size: int, block_units: int, seed
         start, length = int(k) * store.slot, int(lengths[k])
         units += [(start + c, min(chunk, length - c)) for c in range(0, length, chunk)]
 
-    def read(selected: list[int]) -> list[Batch]:
-        return [{"frames": frames[units[u][0]:units[u][0] + units[u][1]]} for u in selected]
+    as_buffer = default_buffer_prototype().nd_buffer.from_numpy_array
+
+    def read(selected: list[int], empty: Empty) -> list[Batch]:
+        parts = []
+        for u in selected:
+            first, rows = units[u]
+            out = empty((chunk, *frames.shape[1:]), frames.dtype)[:rows]
+            frames.get_basic_selection(slice(first, first + rows), out=as_buffer(out))
+            parts.append({"frames": out})
+        return parts
 
     return BlockShuffleLoader([n for _, n in units], read, batch_size=batch_size, block_units=block_units,
                               seed=seed, workers=workers)
@@ -141,7 +187,7 @@ def sequence_loader(store: EpisodeStore, *, seq_len: int, batch_size: int, block
     episodes = [int(k) for k in np.flatnonzero(lengths > 1)]
     T = seq_len
 
-    def read(selected: list[int]) -> list[Batch]:
+    def read(selected: list[int], empty: Empty) -> list[Batch]:
         blocks = []
         for u in selected:
             out: dict[str, list[np.ndarray]] = {"mu": [], "logvar": [], "actions": [], "rewards": [], "terminated": [], "mask": []}
