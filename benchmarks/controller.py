@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.collect import pin_to_one_core, raw_emulator_fps  # noqa: E402
+from benchmarks.limits import pin_to_one_core, raw_emulator_fps  # noqa: E402
 from worldmodels.config import EnvConfig  # noqa: E402
 from worldmodels.controller import WorldModelPolicy, controller_size  # noqa: E402
 from worldmodels.evolution import es_bytes  # noqa: E402

@@ -27,17 +27,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.limits import best_of  # noqa: E402
 from worldmodels import config  # noqa: E402
 from worldmodels.collect import collect, open_rollouts  # noqa: E402
 from worldmodels.loader import frame_loader  # noqa: E402
 from worldmodels.mdnrnn import MDNRNN, mdn_nll  # noqa: E402
 from worldmodels.training import autocast, select_device  # noqa: E402
 from worldmodels.vae import ConvVAE, to_input, vae_loss  # noqa: E402
-
-
-def best_of(repeats: int, measure) -> float:
-    """The best of several runs: timing noise on a shared machine only ever slows a run down."""
-    return max(measure() for _ in range(repeats))
 
 
 def raw_decode_fps(store) -> tuple[float, int]:

@@ -71,21 +71,21 @@ class RandomRepeatPolicy(FixedPolicy):
         self.num_actions = num_actions
         self.repeat_max = repeat_max
         self._rngs: list[np.random.Generator | None] = [None] * batch
-        self._action = np.zeros(batch, dtype=np.int64)
-        self._left = np.zeros(batch, dtype=np.int64)
+        self._action = [0] * batch  # plain lists: per-element numpy access costs more than the draw
+        self._left = [0] * batch
 
     def begin(self, slot: int, job) -> None:
         self._rngs[slot] = job.rng
         self._left[slot] = 0
 
     def act(self, obs: np.ndarray, slots: np.ndarray) -> np.ndarray:
-        for slot in slots:
+        for slot in slots.tolist():
             if self._left[slot] == 0:
                 rng = self._rngs[slot]
-                self._action[slot] = rng.integers(self.num_actions)
-                self._left[slot] = rng.integers(1, self.repeat_max + 1)
+                self._action[slot] = int(rng.integers(self.num_actions))
+                self._left[slot] = int(rng.integers(1, self.repeat_max + 1))
             self._left[slot] -= 1
-        return self._action[slots].copy()
+        return np.array([self._action[slot] for slot in slots.tolist()], dtype=np.int64)
 
 
 PolicyFactory = Callable[[Config, int, int], Policy]  # (config, num_actions, batch) -> policy

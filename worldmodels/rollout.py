@@ -33,11 +33,12 @@ class Rows:
 
     Each frame is copied straight into one preallocated array (doubled when full) and the
     finished episode is handed over as a slice of it, instead of a list of per-step frames
-    stacked at the end, which cost a second copy of every frame.
+    stacked at the end, which cost a second copy of every frame. `play` passes the array of a
+    finished episode on to the next one: fresh memory costs a page fault per 4 KiB.
     """
 
-    def __init__(self, obs: np.ndarray, capacity: int = 1024):  # 12 MiB of 64x64 frames: most episodes fit
-        self.frames = np.empty((capacity, *obs.shape), obs.dtype)
+    def __init__(self, obs: np.ndarray, frames: np.ndarray | None = None, capacity: int = 1024):  # 12 MiB of 64x64 frames: most episodes fit
+        self.frames = np.empty((capacity, *obs.shape), obs.dtype) if frames is None else frames
         self.frames[0] = obs
         self.length = 1
         self.actions, self.rewards, self.terminated, self.truncated = [0], [0.0], [False], [False]
@@ -75,7 +76,8 @@ def play(env_cfg: EnvConfig, policy, jobs: Iterable[Episode], on_done: Callable[
     """Play every job with `batch` environments in lockstep.
 
     With `record`, each Played carries its rows in the dataset convention: row t is
-    observation t and the transition that led to it (row 0: action 0, reward 0).
+    observation t and the transition that led to it (row 0: action 0, reward 0); their arrays
+    are reused once `on_done` returns, so it must copy (or store) what it keeps.
     `stop.check()` runs before every step: an interrupted episode is simply dropped.
     """
     from worldmodels.envs import AtariEnv
@@ -86,6 +88,7 @@ def play(env_cfg: EnvConfig, policy, jobs: Iterable[Episode], on_done: Callable[
     # Every slot's current observation, in place: the policy gets this batch (or the rows of the
     # slots still running) without restacking per-step arrays. Valid only during its act() call.
     obs_now = np.zeros((len(envs), *envs[0].observation_space.shape), envs[0].observation_space.dtype)
+    spare: list[np.ndarray] = []  # frame arrays of finished episodes' rows, for the next ones
 
     def start(slot: int) -> None:
         job = next(queue, None)
@@ -94,18 +97,17 @@ def play(env_cfg: EnvConfig, policy, jobs: Iterable[Episode], on_done: Callable[
             return
         obs, _ = envs[slot].reset(seed=job.seed)
         policy.begin(slot, job)
-        running[slot] = Played(job, rows=Rows(obs) if record else None)
+        running[slot] = Played(job, rows=Rows(obs, spare.pop() if spare else None) if record else None)
         obs_now[slot] = obs
 
     for slot in range(len(envs)):
         start(slot)
-    while True:
-        slots = np.array([i for i, p in enumerate(running) if p is not None])
-        if len(slots) == 0:
-            return
+    slots = np.flatnonzero([p is not None for p in running])
+    while len(slots):
         if stop is not None:
             stop.check()
         actions = policy.act(obs_now if len(slots) == len(envs) else obs_now[slots], slots)
+        ended = False
         for slot, action in zip(slots.tolist(), actions.tolist()):
             obs, reward, terminated, truncated, _ = envs[slot].step(action)
             p = running[slot]
@@ -117,4 +119,9 @@ def play(env_cfg: EnvConfig, policy, jobs: Iterable[Episode], on_done: Callable[
             if terminated or truncated:
                 policy.end(slot, p)
                 on_done(p)
+                if record:
+                    spare.append(p.rows.frames)
                 start(slot)
+                ended = True
+        if ended:
+            slots = np.flatnonzero([p is not None for p in running])
