@@ -58,3 +58,40 @@ def test_mdnrnn_bf16_step_is_finite_and_agrees_with_cpu():
         out = mdn_nll(z[:, 1:].to(CUDA), logpi.float(), mu.float(), logsigma.float()).mean().cpu()
     assert torch.isfinite(out)
     torch.testing.assert_close(out, ref, atol=5e-2, rtol=1e-2)
+
+
+def test_dream_on_the_gpu_runs_the_population_as_one_batch_with_the_cpu_draws():
+    import numpy as np
+
+    from worldmodels.config import Config, ControllerConfig
+    from worldmodels.controller import controller_size
+    from worldmodels.evolution import dream_returns
+
+    torch.manual_seed(0)
+    cpu = MDNRNN(32, 6, 256, 5).eval()
+    gpu = copy.deepcopy(cpu).to(CUDA)
+    cfg = Config(controller=ControllerConfig(rollouts=4, dream_steps=30))
+    starts = np.random.default_rng(0).normal(0, 1, (8, 2, 32)).astype(np.float32)
+    params = np.random.default_rng(1).normal(0, 0.1, (6, controller_size(32, 256, 6)))
+    jobs = [(p, r) for p in range(6) for r in range(4)]
+    out = dream_returns(cfg, gpu, starts, params, jobs, generation=3)
+    assert out.shape == (24,) and np.isfinite(out).all()
+    np.testing.assert_array_equal(out, dream_returns(cfg, gpu, starts, params, jobs, generation=3))
+    assert dream_returns(cfg, cpu, starts, params, jobs, generation=3).shape == out.shape
+
+
+def test_world_model_policy_plays_on_the_gpu():
+    import numpy as np
+
+    from worldmodels.controller import WorldModelPolicy, controller_size
+    from worldmodels.rollout import Episode
+
+    torch.manual_seed(0)
+    vae, mdnrnn = ConvVAE(32).to(CUDA, memory_format=torch.channels_last).eval(), MDNRNN(32, 6, 256, 5).to(CUDA).eval()
+    policy = WorldModelPolicy(vae, mdnrnn, torch.randn(2, controller_size(32, 256, 6)) * 0.1, batch=3)
+    for slot in range(3):
+        policy.begin(slot, Episode(slot, slot, np.random.default_rng(slot), tag=slot % 2))
+    obs = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    actions = policy.act(obs, np.arange(3))
+    assert actions.shape == (3,) and actions.dtype == np.int64 and ((0 <= actions) & (actions < 6)).all()
+    assert policy.h.device.type == "cuda" and policy.h.abs().sum() > 0

@@ -39,15 +39,17 @@ def act(weights: torch.Tensor, biases: torch.Tensor, z: torch.Tensor, h: torch.T
 class WorldModelPolicy:
     """V encodes each frame (its mean), C picks the action from [z, h], M folds (z, a) into h.
 
-    Each episode's job tag names its controller: a row of `params` [P, size].
+    Each episode's job tag names its controller: a row of `params` [P, size]. Everything runs
+    on V's device; frames go there and actions come back once per step.
     """
 
     def __init__(self, vae, mdnrnn, params: torch.Tensor, batch: int):
         self.vae, self.mdnrnn = vae, mdnrnn
-        self.weights, self.biases = unflatten(params.float(), vae.z_size, mdnrnn.hidden, mdnrnn.actions)
-        self.h = torch.zeros(batch, mdnrnn.hidden)
-        self.c = torch.zeros(batch, mdnrnn.hidden)
-        self.which = torch.zeros(batch, dtype=torch.long)
+        self.device = device = next(vae.parameters()).device
+        self.weights, self.biases = unflatten(params.float().to(device), vae.z_size, mdnrnn.hidden, mdnrnn.actions)
+        self.h = torch.zeros(batch, mdnrnn.hidden, device=device)
+        self.c = torch.zeros(batch, mdnrnn.hidden, device=device)
+        self.which = torch.zeros(batch, dtype=torch.long, device=device)
 
     def begin(self, slot: int, job) -> None:
         self.h[slot] = 0
@@ -61,11 +63,11 @@ class WorldModelPolicy:
     def act(self, obs: np.ndarray, slots: np.ndarray) -> np.ndarray:
         from worldmodels.vae import to_input
 
-        idx = torch.from_numpy(slots)
-        z, _ = self.vae.encode(to_input(torch.from_numpy(obs)))
+        idx = torch.from_numpy(slots).to(self.device)
+        z, _ = self.vae.encode(to_input(torch.from_numpy(obs).to(self.device)))
         which = self.which[idx]
         actions = act(self.weights[which], self.biases[which], z, self.h[idx])
         _, (h, c) = self.mdnrnn.lstm(torch.cat([z, torch.nn.functional.one_hot(actions, self.mdnrnn.actions).float()], 1)
                                      .unsqueeze(1), (self.h[idx].unsqueeze(0), self.c[idx].unsqueeze(0)))
         self.h[idx], self.c[idx] = h[0], c[0]
-        return actions.numpy()
+        return actions.cpu().numpy()

@@ -35,11 +35,13 @@ STAGE = "train-controller"
 
 
 def load_world_model(cfg: Config, run_dir: str | Path):
-    """This run's finished V and M, on the CPU (a clear error when either is missing)."""
+    """This run's finished V and M on `train.device` (a clear error when either is missing)."""
     from worldmodels.encode import load_vae, vae_checkpoint
     from worldmodels.train_mdnrnn import load_mdnrnn
+    from worldmodels.training import select_device
 
-    return load_vae(cfg, vae_checkpoint(cfg, run_dir), torch.device("cpu")), load_mdnrnn(cfg, run_dir)
+    device = select_device(cfg.train.device)
+    return load_vae(cfg, vae_checkpoint(cfg, run_dir), device), load_mdnrnn(cfg, run_dir).to(device)
 
 
 def rollout_seed(cfg: Config, purpose: int, generation: int, rollout: int) -> int:
@@ -95,17 +97,17 @@ def dream_returns(cfg: Config, mdnrnn, start_latents: np.ndarray, params: np.nda
     total, alive = torch.zeros(n), torch.ones(n, dtype=torch.bool)
     with torch.no_grad():
         for t in range(steps):
-            uniform, normal = draws((R, z_size), mdnrnn.gaussians, g)
+            gumbel, normal = draws((R, z_size), mdnrnn.gaussians, g)
             ends = torch.rand(R, generator=g)
             a = act(weights, biases, z, h)
             logpi, mu, logsigma, reward, done, state = mdnrnn.step(z, a, state)
             h = state[0][0]
             total += alive * reward / cfg.mdnrnn.reward_scale
             alive &= ends[roll] >= torch.sigmoid(done)
-            if not alive.any():
+            if not alive.any():  # (on a GPU, a sync per step: cheap next to the step itself)
                 break
-            z = sample_next(logpi, mu, logsigma, cfg.mdnrnn.tau, uniform[roll], normal[roll])
-    return total.double().numpy()
+            z = sample_next(logpi, mu, logsigma, cfg.mdnrnn.tau, gumbel[roll], normal[roll])
+    return total.double().cpu().numpy()
 
 
 def start_latents(run_dir: str | Path, limit: int = 1000) -> np.ndarray:
