@@ -6,8 +6,7 @@
 set -euo pipefail
 image=${1:-localhost/debian-py:bookworm}
 mirror=${2:-http://deb.debian.org/debian}
-engine=${CONTAINER_ENGINE:-$(command -v podman || command -v docker)} \
-    || { echo "base-image.sh: neither podman nor docker is installed" >&2; exit 2; }
+source "$(dirname "${BASH_SOURCE[0]}")/engine.sh"
 if "$engine" image exists "$image" 2>/dev/null || "$engine" image inspect "$image" >/dev/null 2>&1; then
     echo "base image $image already present"; exit 0
 fi

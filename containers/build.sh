@@ -10,15 +10,13 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 image=${1:?usage: containers/build.sh IMAGE [BASE]}
 base=${2:-}
-engine=${CONTAINER_ENGINE:-$(command -v podman || command -v docker)} \
-    || { echo "build.sh: neither podman nor docker is installed" >&2; exit 2; }
+source containers/engine.sh
 args=(build -f containers/Dockerfile -t "$image")
 [[ -n $base ]] && args+=(--build-arg "BASE=$base")
 for var in PIP_INDEX_URL PIP_EXTRA_INDEX_URL; do
     [[ -n ${!var:-} ]] && args+=(--build-arg "$var=${!var}")
 done
-if [[ $(basename "$engine") == podman ]]; then
-    export CONTAINERS_CONF=${CONTAINERS_CONF:-$PWD/containers/podman.conf}
+if $podman; then
     # chroot isolation and the host's network: what works without a full container runtime setup
     args+=(--isolation chroot --network=host)
     if [[ -f ${PIP_CERT:-} ]]; then

@@ -38,20 +38,17 @@ if [[ $image == *.sif ]]; then
     export WORLDMODELS_CONTAINER=$image
     cmd+=("$image" "$@")
 else
-    engine=${CONTAINER_ENGINE:-$(command -v podman || command -v docker)} \
-        || { echo "run.sh: $image needs podman or docker on PATH" >&2; exit 2; }
-    # The suite's podman settings (containers/podman.conf) unless the caller chose others.
-    [[ $(basename "$engine") == podman ]] && export CONTAINERS_CONF=${CONTAINERS_CONF:-$here/podman.conf}
+    source "$here/engine.sh"
     cmd=("$engine" run --rm --init --read-only --ipc=host "--network=${CONTAINER_NETWORK:-host}"
          -v "$cwd:$cwd:ro" -w "$cwd" --entrypoint "$1" -e "WORLDMODELS_CONTAINER=$image")
     for dir in "${binds[@]}"; do cmd+=(-v "$dir:$dir"); done
-    if [[ $(basename "$engine") == podman && $(id -u) != 0 ]]; then
+    if $podman && [[ $(id -u) != 0 ]]; then
         cmd+=(--userns=keep-id)                   # rootless podman: the caller's uid inside
     else
         cmd+=(--user "$(id -u):$(id -g)" --tmpfs /tmp)
     fi
     if has_gpu; then
-        [[ $(basename "$engine") == podman ]] && cmd+=(--device nvidia.com/gpu=all) || cmd+=(--gpus all)
+        $podman && cmd+=(--device nvidia.com/gpu=all) || cmd+=(--gpus all)
     fi
     # Only names cross over (-e NAME), never values on the command line: tokens stay out of `ps`.
     while read -r name; do cmd+=(-e "$name"); done < <(compgen -e | grep -E \

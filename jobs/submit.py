@@ -110,10 +110,12 @@ def submit(cfg: Config, run_dir: Path, stages: list[str], profile: Profile, dry_
     run_dir = run_dir.resolve() if run_dir.is_absolute() else (Path.cwd() / run_dir)
     info = None if dry_run else cluster_info()
     for stage in stages:
+        res = profile.for_stage(stage)
         if info is not None:
-            check_against_cluster(profile.for_stage(stage), stage, info)
-        if not dry_run and (container or profile.for_stage(stage).container):
-            check_container(container or profile.for_stage(stage).container)
+            check_against_cluster(res, stage, info)
+        image = container or res.container  # as make_executor chooses
+        if image and not dry_run:
+            check_container(image)
     if not dry_run:
         check_inputs(stages[0], run_dir)
         rundir.prepare(run_dir, cfg)

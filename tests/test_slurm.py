@@ -39,13 +39,14 @@ def slurm_run(tmp_path_factory):
 
 
 def progress(run: Path, stage: str) -> int:
-    """How far a stage has come, read from its artifacts."""
-    if stage in ("collect", "encode"):
+    """How far a stage has come, read from its artifacts; for array stages, how far task 0 has
+    come (the task the test preempts, of 2)."""
+    if stage in ("collect", "encode"):  # task 0 of 2 owns episodes 0, 2, 4, ...
         from worldmodels.dataset import EpisodeStore
 
         path = run / "data" / ("rollouts.zarr" if stage == "collect" else "latents.zarr")
-        return int((EpisodeStore.open(path).lengths() > 0).sum()) if path.exists() else 0
-    if stage == "evaluate":  # task 0's own episodes: that is the task the test preempts
+        return int((EpisodeStore.open(path).lengths()[0::2] > 0).sum()) if path.exists() else 0
+    if stage == "evaluate":
         return sum(len(json.loads(p.read_text())) for p in (run / "eval" / "parts").glob("*.task0-of-*.json"))
     if stage == "train-controller":
         return len(list((run / "checkpoints" / "controller").glob("*.json")))

@@ -14,6 +14,7 @@ only what is missing. Whichever task finds every part complete writes eval/resul
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -155,12 +156,17 @@ def record_videos(cfg: Config, run_dir: Path, solution: np.ndarray, world) -> li
     wanted = [k for k in range(min(cfg.evaluate.videos, cfg.evaluate.episodes))
               if not (folder / f"controller-episode-{k}.mp4").is_file()]
     for k in wanted:
-        env = gym.wrappers.RecordVideo(AtariEnv(cfg.env, render_mode="rgb_array"), str(folder),
+        # each video is recorded in a folder of its own (RecordVideo warns about existing ones)
+        # and moved into place when complete
+        recording = folder / f".recording-{k}"
+        shutil.rmtree(recording, ignore_errors=True)
+        env = gym.wrappers.RecordVideo(AtariEnv(cfg.env, render_mode="rgb_array"), str(recording),
                                        episode_trigger=lambda i: True, name_prefix=f"controller-episode-{k}",
                                        disable_logger=True)
         policy = _make_policy(cfg, "controller", solution, world, [], 1)
         play(cfg.env, policy, [Episode(k, eval_seed(cfg, k), episode_rng(cfg.seed + EVAL, k, stream=1), tag=0)],
              lambda played: None, batch=1, envs=[env])
         env.close()
-        (folder / f"controller-episode-{k}-episode-0.mp4").replace(folder / f"controller-episode-{k}.mp4")
+        (recording / f"controller-episode-{k}-episode-0.mp4").replace(folder / f"controller-episode-{k}.mp4")
+        shutil.rmtree(recording)
     return sorted(folder.glob("*.mp4"))
