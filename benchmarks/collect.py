@@ -60,18 +60,16 @@ def collect_fps(episodes: int, envs_per_task: int) -> tuple[float, int]:
     return steps * cfg.env.frame_skip / elapsed, steps
 
 
-def peak_rss_mib(episodes: int) -> tuple[float, float]:
-    """Peak resident memory of a separate process that collects `episodes` episodes, and its rate.
+def peak_rss_mib(episodes: int) -> float:
+    """Peak resident memory of a separate process that collects `episodes` episodes.
 
     Read as VmHWM from /proc: the child's ru_maxrss would be this (larger) process's peak, which
     Linux carries into a child across fork and exec.
     """
     code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import benchmarks.collect as b, re; "
-            f"fps = b.collect_fps({episodes}, 1)[0]; "
-            f"print(fps, re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read())[1])")
+            f"b.collect_fps({episodes}, 1); print(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read())[1])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    fps, kib = out.stdout.split()[-2:]
-    return int(kib) / 1024, float(fps)
+    return int(out.stdout.split()[-1]) / 1024
 
 
 def main() -> None:
@@ -93,12 +91,10 @@ def main() -> None:
         results[f"collect_fps_envs{batch}"] = fps
         print(f"collect (envs_per_task={batch}): {fps:8.0f} frames/s on one core over {steps} steps; "
               f"raw emulator {raw:8.0f} frames/s; ratio {fps / raw:.2f} (target >= 0.80)")
-    (small, _), (large, fps) = peak_rss_mib(args.episodes), peak_rss_mib(4 * args.episodes)
-    results.update(peak_rss_mib_1x=small, peak_rss_mib_4x=large, collect_fps_envs1_4x=fps)
+    small, large = peak_rss_mib(args.episodes), peak_rss_mib(4 * args.episodes)
+    results.update(peak_rss_mib_1x=small, peak_rss_mib_4x=large)
     print(f"peak memory: {small:.0f} MiB for {args.episodes} episodes, {large:.0f} MiB for {4 * args.episodes}; "
           f"growth {large / small:.2f}x (target: about 1.0x)")
-    print(f"collect of {4 * args.episodes} episodes in that process (one run, the start-up amortised over 4x the "
-          f"episodes): {fps:8.0f} frames/s; ratio {fps / raw:.2f}")
     print(json.dumps(results))
 
 

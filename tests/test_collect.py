@@ -45,6 +45,22 @@ def test_rows_follow_the_documented_transition_layout(tmp_path):
         assert ep["actions"].min() >= 0 and ep["actions"].max() < 6
 
 
+def test_every_stored_episode_replays_frame_for_frame_in_a_fresh_environment(tmp_path):
+    # episodes reuse the frame buffers of earlier ones: none may carry anything over
+    from worldmodels import config
+    from worldmodels.envs import AtariEnv
+
+    run = tmp_path / "run"
+    run_cli("collect", "--config", SMOKE, "--run-dir", run, "collect.envs_per_task=1")
+    store = EpisodeStore.open(run / "data" / "rollouts.zarr")
+    env = AtariEnv(config.load(SMOKE, []).env)
+    index = store.index()
+    for k in store.complete():
+        ep = store.read_episode(int(k))
+        frames = [env.reset(seed=int(index["seed"][k]))[0]] + [env.step(int(a))[0] for a in ep["actions"][1:]]
+        np.testing.assert_array_equal(np.stack(frames), ep["frames"])
+
+
 def test_random_policy_holds_each_draw_for_one_to_n_steps(tmp_path):
     from worldmodels.envs import episode_rng
 
