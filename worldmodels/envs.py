@@ -129,8 +129,11 @@ class AtariEnv(gym.Env):
         # OpenCV's area resize of uint8 images accumulates in float and rounds to nearest; doing
         # the same on a float32 copy gives identical pixels (tests compare with gymnasium's
         # AtariPreprocessing) about 30% faster, and the resize is the costliest part of a step.
+        # The max goes into frame 0 in place, as gymnasium's does: a step that ends before its
+        # last frame grabs nothing new and pools with it.
+        np.maximum(self._pool[0], self._pool[1], out=self._pool[0])
         pooled = _scratch(self._pool.shape[1:])
-        np.maximum(self._pool[0], self._pool[1], out=pooled, casting="unsafe")
+        np.copyto(pooled, self._pool[0], casting="unsafe")
         size = self.cfg.size
         return cv2.convertScaleAbs(cv2.resize(pooled, (size, size), interpolation=cv2.INTER_AREA))
 

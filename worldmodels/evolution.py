@@ -74,31 +74,33 @@ def real_returns(cfg: Config, vae, mdnrnn, params: np.ndarray, jobs: list[tuple[
 
 def dream_returns(cfg: Config, mdnrnn, start_latents: np.ndarray, params: np.ndarray, jobs: list[tuple[int, int]],
                   generation: int) -> np.ndarray:
-    """Returns of (candidate, rollout) episodes dreamed by M, all as one batch.
+    """Returns of (candidate, rollout) episodes dreamed by M, all as one batch on M's device.
 
     Every random draw of rollout r (its start frame, the mixture samples, game over) is shared
-    by all candidates, as seeds are in the real game.
+    by all candidates, as seeds are in the real game. The draws come from a CPU generator, so
+    they are the same on every device.
     """
     from worldmodels.mdnrnn import draws, sample_next
 
     if not jobs:
         return np.zeros(0)
     c = cfg.controller
-    cand = torch.tensor([j[0] for j in jobs])
-    roll = torch.tensor([j[1] for j in jobs])
+    device = next(mdnrnn.parameters()).device
+    cand = torch.tensor([j[0] for j in jobs], device=device)
+    roll = torch.tensor([j[1] for j in jobs], device=device)
     g = torch.Generator().manual_seed(rollout_seed(cfg, DREAM, generation, 0))
     z_size, steps, R = cfg.vae.z_size, c.dream_steps, c.rollouts
     start = torch.from_numpy(start_latents)[torch.randint(len(start_latents), (R,), generator=g)]  # [R, 2, z]
-    z = (start[:, 0] + torch.exp(0.5 * start[:, 1]) * torch.randn(R, z_size, generator=g))[roll]
-    weights, biases = unflatten(torch.from_numpy(params).float(), z_size, mdnrnn.hidden, mdnrnn.actions)
+    z = (start[:, 0] + torch.exp(0.5 * start[:, 1]) * torch.randn(R, z_size, generator=g)).to(device)[roll]
+    weights, biases = unflatten(torch.from_numpy(params).float().to(device), z_size, mdnrnn.hidden, mdnrnn.actions)
     weights, biases = weights[cand], biases[cand]
     n = len(jobs)
-    h, state = torch.zeros(n, mdnrnn.hidden), None
-    total, alive = torch.zeros(n), torch.ones(n, dtype=torch.bool)
+    h, state = torch.zeros(n, mdnrnn.hidden, device=device), None
+    total, alive = torch.zeros(n, device=device), torch.ones(n, dtype=torch.bool, device=device)
     with torch.no_grad():
         for t in range(steps):
-            gumbel, normal = draws((R, z_size), mdnrnn.gaussians, g)
-            ends = torch.rand(R, generator=g)
+            gumbel, normal = (d.to(device) for d in draws((R, z_size), mdnrnn.gaussians, g))
+            ends = torch.rand(R, generator=g).to(device)
             a = act(weights, biases, z, h)
             logpi, mu, logsigma, reward, done, state = mdnrnn.step(z, a, state)
             h = state[0][0]
