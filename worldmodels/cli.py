@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m worldmodels", description="World Models for Atari Space Invaders: "
                                      "every stage is a resumable batch job over a run directory.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
-    p = _stage_parser(sub, "collect", "play random-policy episodes into RUN_DIR/data/rollouts.zarr")
+    p = _stage_parser(sub, "collect", "play episodes with collect.policy into RUN_DIR/data/rollouts.zarr")
     p.add_argument("--task", type=int, default=0, help="which task to run (episodes k with k %% num-tasks == task)")
     p.add_argument("--num-tasks", type=int, default=1, help="how many tasks share the episodes (default 1: all)")
     _stage_parser(sub, "train-vae", "train V, the VAE, on the rollouts into RUN_DIR/checkpoints/vae")

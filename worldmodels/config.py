@@ -25,7 +25,7 @@ class EnvConfig:
 
     id: str = "SpaceInvadersNoFrameskip-v4"  # a gymnasium ALE id with frameskip 1 (a NoFrameskip id)
     frame_skip: int = 4  # emulator frames per agent step; the last two are max-pooled
-    noop_max: int = 30  # each episode starts with 0..noop_max no-op steps (seeded per episode)
+    noop_max: int = 30  # each episode starts with 1..noop_max no-op frames (0: none; seeded per episode)
     size: int = 64  # observations are size x size RGB uint8
     max_steps: int = 27_000  # agent steps before an episode is truncated (108,000 frames)
 

@@ -4,7 +4,7 @@ Layout (documented for outside readers in the README):
 - every per-step array has shape [episodes * slot, ...]; episode k owns rows
   [k * slot, k * slot + length) where `slot` (an attribute) is a multiple of the time chunk, so
   no two episodes ever share a chunk and concurrent writers of different episodes never collide;
-  rows past an episode's length are never written (Zarr stores no chunk for them);
+  chunks wholly past an episode's length are never written (Zarr stores nothing for them);
 - `episodes/{start,length,return,seed}` [episodes], one chunk per episode, is the index.
   `length` is written last, atomically (zarr's LocalStore renames a temporary file into place),
   so it is the commit marker: an episode with length 0 is absent, whatever rows exist for it.
