@@ -74,14 +74,7 @@ def vae_images_per_s(device, batches, steps: int, batch: int) -> float:
         loss.backward()
         opt.step()
 
-    for _ in range(3):
-        step()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    return steps * batch / (time.perf_counter() - start)
+    return batch * _steps_per_s(step, device, warmup=3, steps=steps)
 
 
 def mdnrnn_sequences_per_s(device, steps: int, batch: int, seq_len: int) -> float:
@@ -100,14 +93,19 @@ def mdnrnn_sequences_per_s(device, steps: int, batch: int, seq_len: int) -> floa
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
-    for _ in range(2):
+    return batch * _steps_per_s(step, device, warmup=2, steps=steps)
+
+
+def _steps_per_s(step, device, warmup: int, steps: int) -> float:
+    """Training steps per second after `warmup` untimed ones (allocator, autotuning, caches)."""
+    for _ in range(warmup):
         step()
     _sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
     _sync(device)
-    return steps * batch / (time.perf_counter() - start)
+    return steps / (time.perf_counter() - start)
 
 
 def _sync(device):

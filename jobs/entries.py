@@ -15,41 +15,9 @@ from typing import Any
 import submitit
 
 from jobs import slurm_env
+from worldmodels.stages import run_stage
 
 log = logging.getLogger("worldmodels")
-
-
-def run_stage(stage: str, cfg, run_dir: Path, task: int, num_tasks: int) -> Any:
-    """The library call behind each stage name."""
-    if stage == "collect":
-        from worldmodels.collect import collect
-
-        return collect(cfg, run_dir, task=task, num_tasks=num_tasks)
-    if stage == "train-vae":
-        from worldmodels.train_vae import train_vae
-
-        return train_vae(cfg, run_dir)
-    if stage == "encode":
-        from worldmodels.encode import encode
-
-        return encode(cfg, run_dir, task=task, num_tasks=num_tasks)
-    if stage == "train-mdnrnn":
-        from worldmodels.train_mdnrnn import train_mdnrnn
-
-        return train_mdnrnn(cfg, run_dir)
-    if stage == "train-controller":
-        from worldmodels.evolution import train_controller
-
-        return train_controller(cfg, run_dir)
-    if stage == "evaluate":
-        from worldmodels.evaluate import evaluate
-
-        return evaluate(cfg, run_dir, task=task, num_tasks=num_tasks)
-    if stage == "report":
-        from worldmodels.report import write_report
-
-        return str(write_report(cfg, run_dir))
-    raise ValueError(f"unknown stage {stage!r}")
 
 
 class StageJob(submitit.helpers.Checkpointable):
@@ -58,7 +26,7 @@ class StageJob(submitit.helpers.Checkpointable):
     def __init__(self, stage: str, config: dict[str, Any], run_dir: str):
         self.stage, self.config, self.run_dir = stage, config, run_dir
 
-    def __call__(self, task: int = 0, num_tasks: int = 1) -> Any:
+    def __call__(self, task: int = 0, num_tasks: int = 1) -> str:
         from worldmodels import config as config_lib
         from worldmodels.errors import Interrupted
         from worldmodels.tracking import setup_logging
@@ -69,8 +37,11 @@ class StageJob(submitit.helpers.Checkpointable):
                  info["restart"], info["host"], f" in container {info['container']}" if info["container"] else "")
         cfg = config_lib.from_dict(self.config)
         try:
-            return run_stage(self.stage, cfg, Path(self.run_dir), task, num_tasks)
+            line = run_stage(self.stage, cfg, Path(self.run_dir), task, num_tasks)
         except Interrupted as exc:
             log.info("%s: progress saved after signal %d", self.stage, exc.signum)
             slurm_env.requeue_after_preemption(exc.signum)
             raise
+        if line:
+            log.info("%s", line)
+        return line

@@ -20,9 +20,8 @@ import yaml
 
 from worldmodels.config import _build
 from worldmodels.errors import ConfigError
+from worldmodels.stages import STAGES
 
-STAGES = ("collect", "train-vae", "encode", "train-mdnrnn", "train-controller", "evaluate", "report")
-ARRAY_STAGES = ("collect", "encode", "evaluate")
 _WORD = re.compile(r"^[A-Za-z0-9_.,:=+@%/-]*$")  # what a #SBATCH value may hold: no spaces, quotes or shell
 
 

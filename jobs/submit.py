@@ -22,11 +22,12 @@ from typing import Any
 import submitit
 
 from jobs.entries import StageJob
-from jobs.profile import ARRAY_STAGES, STAGES, Profile, Resources, check_against_cluster, cluster_info
+from jobs.profile import Profile, Resources, check_against_cluster, cluster_info
 from worldmodels import config as config_lib
 from worldmodels import rundir
 from worldmodels.config import Config
 from worldmodels.errors import ConfigError, DataError
+from worldmodels.stages import STAGES, TASK_STAGES
 
 RUN_IN_CONTAINER = Path(__file__).resolve().parent.parent / "containers" / "run.sh"
 UPSTREAM = {"train-vae": "collect", "encode": "train-vae", "train-mdnrnn": "encode", "train-controller": "train-mdnrnn",
@@ -99,7 +100,7 @@ def render(stage: str, res: Resources, run_dir: Path, dependency: str | None, ta
     """The sbatch script submitit would submit for this stage (for --dry-run and review)."""
     executor = make_executor(stage, res, run_dir, dependency, tasks, container)
     slurm = executor._executor
-    if stage in ARRAY_STAGES and tasks > 1:
+    if stage in TASK_STAGES and tasks > 1:
         slurm.parameters["map_count"] = tasks  # what map_array sets before rendering an array
     return slurm._make_submission_file_text(slurm._submitit_command_str, "DRYRUN")
 
@@ -124,7 +125,7 @@ def submit(cfg: Config, run_dir: Path, stages: list[str], profile: Profile, dry_
     dependency = None
     for stage in stages:
         res = profile.for_stage(stage)
-        tasks = array_size(stage, cfg, res) if stage in ARRAY_STAGES else 1
+        tasks = array_size(stage, cfg, res) if stage in TASK_STAGES else 1
         if dry_run:
             print(f"# --- {stage} ---", file=out)
             print(render(stage, res, run_dir, dependency, tasks, container), file=out)
@@ -132,7 +133,7 @@ def submit(cfg: Config, run_dir: Path, stages: list[str], profile: Profile, dry_
             continue
         job = StageJob(stage, config_lib.to_dict(cfg), str(run_dir))
         ids: list[str] = []
-        if stage in ARRAY_STAGES:
+        if stage in TASK_STAGES:
             # arrays larger than MaxArraySize go in several submissions of whole chunks
             chunk = max(1, max_array - 1)
             for first in range(0, tasks, chunk):

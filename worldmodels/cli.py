@@ -12,6 +12,17 @@ from pathlib import Path
 
 from worldmodels.errors import Interrupted, WorldModelsError
 from worldmodels.preemption import REQUEUE_EXIT_CODE
+from worldmodels.stages import STAGES, TASK_STAGES, run_stage
+
+STAGE_HELP = {
+    "collect": "play episodes with collect.policy into RUN_DIR/data/rollouts.zarr",
+    "train-vae": "train V, the VAE, on the rollouts into RUN_DIR/checkpoints/vae",
+    "encode": "encode every episode to mu/logvar in RUN_DIR/data/latents.zarr",
+    "train-mdnrnn": "train M, the MDN-RNN, on the latents into RUN_DIR/checkpoints/mdnrnn",
+    "train-controller": "find C with CMA-ES (MPI ranks when under mpirun/srun) into RUN_DIR/checkpoints/controller",
+    "evaluate": "score C, the random policy and fixed heuristics into RUN_DIR/eval/results.json",
+    "report": "write RUN_DIR/report/index.html from everything the run has made",
+}
 
 
 def _stage_parser(sub: argparse._SubParsersAction, name: str, help: str, first: tuple[str, str] | None = None) -> argparse.ArgumentParser:
@@ -28,24 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m worldmodels", description="World Models for Atari Space Invaders: "
                                      "every stage is a resumable batch job over a run directory.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
-    p = _stage_parser(sub, "collect", "play episodes with collect.policy into RUN_DIR/data/rollouts.zarr")
-    p.add_argument("--task", type=int, default=0, help="which task to run (episodes k with k %% num-tasks == task)")
-    p.add_argument("--num-tasks", type=int, default=1, help="how many tasks share the episodes (default 1: all)")
-    _stage_parser(sub, "train-vae", "train V, the VAE, on the rollouts into RUN_DIR/checkpoints/vae")
-    p = _stage_parser(sub, "encode", "encode every episode to mu/logvar in RUN_DIR/data/latents.zarr")
-    p.add_argument("--task", type=int, default=0, help="which task to run (episodes k with k %% num-tasks == task)")
-    p.add_argument("--num-tasks", type=int, default=1, help="how many tasks share the episodes (default 1: all)")
-    _stage_parser(sub, "train-mdnrnn", "train M, the MDN-RNN, on the latents into RUN_DIR/checkpoints/mdnrnn")
-    _stage_parser(sub, "train-controller", "find C with CMA-ES (MPI ranks when under mpirun/srun) into RUN_DIR/checkpoints/controller")
-    p = _stage_parser(sub, "evaluate", "score C, the random policy and fixed heuristics into RUN_DIR/eval/results.json")
-    p.add_argument("--task", type=int, default=0, help="which task to run (episodes k with k %% num-tasks == task)")
-    p.add_argument("--num-tasks", type=int, default=1, help="how many tasks share the episodes (default 1: all)")
-    _stage_parser(sub, "report", "write RUN_DIR/report/index.html from everything the run has made")
+    for name in STAGES:
+        p = _stage_parser(sub, name, STAGE_HELP[name])
+        if name in TASK_STAGES:
+            p.add_argument("--task", type=int, default=0, help="which task to run (episodes k with k %% num-tasks == task)")
+            p.add_argument("--num-tasks", type=int, default=1, help="how many tasks share the episodes (default 1: all)")
     p = _stage_parser(sub, "push", "upload models, results, report and a model card to the Hugging Face Hub")
     p.add_argument("--repo-id", help="the Hub repository, e.g. user/worldmodels-spaceinvaders")
     p.add_argument("--dry-run", type=Path, metavar="DIR", help="write the folder that would be uploaded to DIR instead")
     p = _stage_parser(sub, "submit", "submit a stage (or `pipeline`: every stage, chained) to Slurm through submitit",
-                      first=("stage", "collect, train-vae, encode, train-mdnrnn, train-controller, evaluate, report or pipeline"))
+                      first=("stage", f"{', '.join(STAGES)} or pipeline"))
     p.add_argument("--profile", type=Path, required=True, help="where to run: a YAML file in slurm/profiles/")
     p.add_argument("--dry-run", action="store_true", help="print the sbatch scripts instead of submitting")
     p.add_argument("--container", metavar="IMAGE", help="run the jobs inside this image (an Apptainer .sif, or a "
@@ -93,52 +96,10 @@ def run(args: argparse.Namespace) -> int:
         submit(cfg, args.run_dir, stages_for(args.stage), load_profile(args.profile), dry_run=args.dry_run,
                container=args.container)
         return 0
-    if args.command == "collect":
-        from worldmodels.collect import collect, rollouts_path
-
-        summary = collect(cfg, args.run_dir, task=args.task, num_tasks=args.num_tasks)
-        print(f"collect: {summary['episodes']} episodes in {rollouts_path(args.run_dir)} "
-              f"({summary['collected']} collected now)")
-        return 0
-    if args.command == "train-vae":
-        from worldmodels.train_vae import train_vae
-
-        print(f"train-vae: finished at step {train_vae(cfg, args.run_dir)}")
-        return 0
-    if args.command == "encode":
-        from worldmodels.encode import encode, latents_path
-
-        summary = encode(cfg, args.run_dir, task=args.task, num_tasks=args.num_tasks)
-        print(f"encode: {summary['episodes']} episodes in {latents_path(args.run_dir)} ({summary['encoded']} encoded now)")
-        return 0
-    if args.command == "train-mdnrnn":
-        from worldmodels.train_mdnrnn import train_mdnrnn
-
-        print(f"train-mdnrnn: finished at step {train_mdnrnn(cfg, args.run_dir)}")
-        return 0
-    if args.command == "train-controller":
-        from worldmodels.evolution import train_controller
-
-        summary = train_controller(cfg, args.run_dir)
-        if "best_fitness" in summary:
-            print(f"train-controller: finished at generation {summary['generation']}, best fitness {summary['best_fitness']:.1f}")
-        return 0
-    if args.command == "evaluate":
-        from worldmodels.evaluate import evaluate
-
-        summary = evaluate(cfg, args.run_dir, task=args.task, num_tasks=args.num_tasks)
-        r = summary["results"]
-        if r is None:
-            print(f"evaluate: {summary['episodes']} episodes scored; results.json waits for the other tasks")
-        else:
-            best = max(h["mean"] for h in r["heuristics"].values())
-            print(f"evaluate: controller {r['mean']:.1f} +- {r['std']:.1f} over {r['episodes']} episodes; random "
-                  f"{r['random']['mean']:.1f}; best heuristic {best:.1f} -> {Path(args.run_dir) / 'eval' / 'results.json'}")
-        return 0
-    if args.command == "report":
-        from worldmodels.report import write_report
-
-        print(f"report: {write_report(cfg, args.run_dir)}")
+    if args.command in STAGES:
+        line = run_stage(args.command, cfg, args.run_dir, task=getattr(args, "task", 0), num_tasks=getattr(args, "num_tasks", 1))
+        if line:
+            print(line)
         return 0
     if args.command == "push":
         from worldmodels.report import push

@@ -8,8 +8,7 @@ from typing import Any
 
 from worldmodels import rundir
 from worldmodels.errors import DataError
-
-STAGES = ("collect", "train-vae", "encode", "train-mdnrnn", "train-controller", "evaluate", "report")
+from worldmodels.stages import STAGES
 
 
 def run_status(run_dir: str | Path) -> dict[str, Any]:
