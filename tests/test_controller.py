@@ -171,6 +171,18 @@ def test_always_fire_scores_the_same_on_every_seed_as_the_reference_measured():
     assert scores == [285.0, 285.0]
 
 
+def test_a_baseline_needing_actions_the_game_lacks_is_refused_by_name():
+    from worldmodels.envs import AtariEnv
+    from worldmodels.errors import ConfigError
+    from worldmodels.policies import ScriptedPolicy
+
+    breakout = AtariEnv(config.load(None, ["env.id=BreakoutNoFrameskip-v4"]).env).action_names
+    assert breakout == ["NOOP", "FIRE", "RIGHT", "LEFT"]
+    ScriptedPolicy("always_fire", breakout, 1)
+    with pytest.raises(ConfigError, match="the sweep_fire baseline needs RIGHTFIRE, LEFTFIRE, which this game's actions"):
+        ScriptedPolicy("sweep_fire", breakout, 1)
+
+
 def test_train_controller_refuses_missing_world_models_and_bad_popsize(world, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(world / "data", run / "data")

@@ -60,6 +60,8 @@ class AtariEnv(gym.Env):
 
         self.cfg = cfg
         self.render_mode = render_mode
+        # videos play at the game's speed: the emulator runs 60 frames a second
+        self.metadata = {**self.metadata, "render_fps": 60 / cfg.frame_skip}
         ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)  # before construction: no banner
         self._ale = ale_py.ALEInterface()
         self._ale.setFloat("repeat_action_probability", 0.0)

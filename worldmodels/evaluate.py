@@ -38,6 +38,14 @@ def eval_seed(cfg: Config, k: int) -> int:
     return int(np.random.SeedSequence([cfg.seed, EVAL, k]).generate_state(1, np.uint32)[0])
 
 
+def eval_job(cfg: Config, k: int):
+    """Evaluation episode k, the same game for every policy (the random one draws from its stream)."""
+    from worldmodels.envs import episode_rng
+    from worldmodels.rollout import Episode
+
+    return Episode(k, eval_seed(cfg, k), episode_rng(cfg.seed + EVAL, k, stream=1), tag=0)
+
+
 def controller_solution(cfg: Config, run_dir: str | Path, size: int) -> tuple[np.ndarray, Path]:
     """The controller vector evaluate plays (best or mean) and the checkpoint it came from."""
     path = finished_checkpoint(rundir.checkpoint_dir(run_dir, "train-controller"), cfg.controller.generations, "train-controller")
@@ -56,7 +64,7 @@ def _part_path(run_dir: Path, policy: str, task: int, num_tasks: int) -> Path:
     return _parts_dir(run_dir) / f"{policy}.task{task}-of-{num_tasks}.json"
 
 
-def _make_policy(cfg: Config, name: str, solution: np.ndarray, world, action_names: list[str], batch: int):
+def _make_policy(name: str, solution: np.ndarray, world, action_names: list[str], batch: int):
     from worldmodels.controller import WorldModelPolicy
     from worldmodels.policies import RandomRepeatPolicy, ScriptedPolicy
 
@@ -71,27 +79,27 @@ def _make_policy(cfg: Config, name: str, solution: np.ndarray, world, action_nam
 def evaluate(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1) -> dict[str, Any]:
     """Play this task's episodes with every policy; write results.json once all tasks are done."""
     from worldmodels.controller import controller_size
-    from worldmodels.envs import AtariEnv, episode_rng
+    from worldmodels.envs import AtariEnv
     from worldmodels.evolution import load_world_model
-    from worldmodels.rollout import Episode, play
+    from worldmodels.rollout import play
 
     owned = task_episodes(cfg.evaluate.episodes, task, num_tasks)
     run_dir = rundir.prepare(run_dir, cfg)
     world = load_world_model(cfg, run_dir)
     size = controller_size(cfg.vae.z_size, world[1].hidden, world[1].actions)
     solution, source = controller_solution(cfg, run_dir, size)
-    env = AtariEnv(cfg.env)
     parts = {name: _load_part(_part_path(run_dir, name, task, num_tasks)) for name in POLICIES}
     scored = _scores(run_dir)  # from every task split: a rerun with other tasks plays only what is missing
     todo = {name: [k for k in owned if k not in scored[name]] for name in POLICIES}
     total = len(owned) * len(POLICIES)
+    batches = {name: min(cfg.evaluate.batch, len(todo[name])) for name in POLICIES if todo[name]}
+    # one set of environments for every policy: each episode starts from the power-on state
+    envs = [AtariEnv(cfg.env) for _ in range(max(batches.values(), default=0))]
+    # every policy is made before any play: a game without the heuristics' actions fails at once
+    policies = {name: _make_policy(name, solution, world, envs[0].action_names, batch) for name, batch in batches.items()}
     with Tracker(cfg, run_dir, STAGE, total=total, done=total - sum(map(len, todo.values())), unit="episodes",
                  task=task if num_tasks > 1 else None) as tracker, StopFlag() as stop, torch.no_grad():
-        for name in POLICIES:
-            if not todo[name]:
-                continue
-            batch = min(cfg.evaluate.batch, len(todo[name]))
-            policy = _make_policy(cfg, name, solution, world, env.action_names, batch)
+        for name, policy in policies.items():
             path = _part_path(run_dir, name, task, num_tasks)
 
             def done(played, name=name, path=path) -> None:
@@ -99,10 +107,10 @@ def evaluate(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1
                 rundir.atomic_write(path, json.dumps(parts[name]).encode())
                 tracker.advance(1, **{f"evaluate/{name}": played.ret})
 
-            jobs = [Episode(k, eval_seed(cfg, k), episode_rng(cfg.seed + EVAL, k, stream=1), tag=0) for k in todo[name]]
-            play(cfg.env, policy, jobs, done, batch=batch, stop=stop)
+            batch = batches[name]
+            play(cfg.env, policy, [eval_job(cfg, k) for k in todo[name]], done, batch=batch, stop=stop, envs=envs[:batch])
         if task == 0:
-            record_videos(cfg, run_dir, solution, world)
+            record_videos(cfg, run_dir, solution, world, stop)
     results = assemble(cfg, run_dir, source)
     return {"episodes": len(owned), "results": results}
 
@@ -145,12 +153,12 @@ def assemble(cfg: Config, run_dir: Path, source: Path) -> dict[str, Any] | None:
     return results
 
 
-def record_videos(cfg: Config, run_dir: Path, solution: np.ndarray, world) -> list[Path]:
+def record_videos(cfg: Config, run_dir: Path, solution: np.ndarray, world, stop=None) -> list[Path]:
     """eval/videos/controller-episode-K.mp4 for the first `evaluate.videos` evaluation episodes."""
     import gymnasium as gym
 
-    from worldmodels.envs import AtariEnv, episode_rng
-    from worldmodels.rollout import Episode, play
+    from worldmodels.envs import AtariEnv
+    from worldmodels.rollout import play
 
     folder = run_dir / "eval" / "videos"
     wanted = [k for k in range(min(cfg.evaluate.videos, cfg.evaluate.episodes))
@@ -163,10 +171,11 @@ def record_videos(cfg: Config, run_dir: Path, solution: np.ndarray, world) -> li
         env = gym.wrappers.RecordVideo(AtariEnv(cfg.env, render_mode="rgb_array"), str(recording),
                                        episode_trigger=lambda i: True, name_prefix=f"controller-episode-{k}",
                                        disable_logger=True)
-        policy = _make_policy(cfg, "controller", solution, world, [], 1)
-        play(cfg.env, policy, [Episode(k, eval_seed(cfg, k), episode_rng(cfg.seed + EVAL, k, stream=1), tag=0)],
-             lambda played: None, batch=1, envs=[env])
-        env.close()
+        try:
+            play(cfg.env, _make_policy("controller", solution, world, [], 1), [eval_job(cfg, k)], lambda played: None,
+                 batch=1, envs=[env], stop=stop)
+        finally:
+            env.close()
         (recording / f"controller-episode-{k}-episode-0.mp4").replace(folder / f"controller-episode-{k}.mp4")
         shutil.rmtree(recording)
     return sorted(folder.glob("*.mp4"))

@@ -2,8 +2,9 @@
 
 Rank 0 asks CMA-ES for a population and broadcasts it; the generation's episodes (every
 candidate x every rollout, all candidates sharing the generation's rollout seeds, so they are
-compared on the same games) are split evenly over the ranks, each rank plays its share in one
-lockstep batch, rank 0 gathers the returns, tells CMA-ES and checkpoints. An episode's return
+compared on the same games) are split evenly over the evaluating ranks (rank 0 too unless
+`controller.master_evaluates` is false), each plays its share `controller.batch` episodes at a
+time in lockstep, and rank 0 gathers the returns, tells CMA-ES and checkpoints. An episode's return
 depends only on (candidate, generation, rollout), so any number of ranks gives the same run.
 
 The checkpoint after every generation holds the pickled CMA-ES (its sampler's random state
@@ -50,29 +51,37 @@ def rollout_seed(cfg: Config, purpose: int, generation: int, rollout: int) -> in
 
 
 TRAIN, RESCORE, DREAM = 10, 11, 12  # seed purposes, kept apart from collection (episode seeds)
+CMA = 5  # the seed purpose of CMA-ES's own sampler
 
 
 def real_returns(cfg: Config, vae, mdnrnn, params: np.ndarray, jobs: list[tuple[int, int]], generation: int,
-                 purpose: int, stop: StopFlag | None) -> np.ndarray:
-    """Returns of (candidate, rollout) episodes in the real game, played in lockstep batches."""
+                 purpose: int, stop: StopFlag | None, envs: list | None = None) -> np.ndarray:
+    """Returns of (candidate, rollout) episodes in the real game, played in lockstep batches.
+
+    `envs` is a pool of environments kept from call to call and grown as needed: loading the
+    ROM costs 0.1 s an environment, seconds a generation at the default batch.
+    """
+    from worldmodels.envs import AtariEnv
     from worldmodels.rollout import Episode, play
 
     if not jobs:
         return np.zeros(0)
-    policy = WorldModelPolicy(vae, mdnrnn, torch.from_numpy(params), batch=min(cfg.controller.batch, len(jobs)))
-    episodes = [Episode(i, rollout_seed(cfg, purpose, generation, r), np.random.default_rng(0), tag=c)
-                for i, (c, r) in enumerate(jobs)]
+    batch = min(cfg.controller.batch, len(jobs))
+    envs = [] if envs is None else envs
+    envs.extend(AtariEnv(cfg.env) for _ in range(batch - len(envs)))
+    policy = WorldModelPolicy(vae, mdnrnn, torch.from_numpy(params), batch=batch)
+    episodes = [Episode(i, rollout_seed(cfg, purpose, generation, r), tag=c) for i, (c, r) in enumerate(jobs)]
     out = np.zeros(len(jobs))
 
     def done(played) -> None:
         out[played.job.k] = played.ret
 
     with torch.no_grad():
-        play(cfg.env, policy, episodes, done, batch=min(cfg.controller.batch, len(jobs)), stop=stop)
+        play(cfg.env, policy, episodes, done, batch=batch, stop=stop, envs=envs[:batch])
     return out
 
 
-def dream_returns(cfg: Config, mdnrnn, start_latents: np.ndarray, params: np.ndarray, jobs: list[tuple[int, int]],
+def dream_returns(cfg: Config, mdnrnn, starts: np.ndarray, params: np.ndarray, jobs: list[tuple[int, int]],
                   generation: int) -> np.ndarray:
     """Returns of (candidate, rollout) episodes dreamed by M, all as one batch on M's device.
 
@@ -90,7 +99,7 @@ def dream_returns(cfg: Config, mdnrnn, start_latents: np.ndarray, params: np.nda
     roll = torch.tensor([j[1] for j in jobs], device=device)
     g = torch.Generator().manual_seed(rollout_seed(cfg, DREAM, generation, 0))
     z_size, steps, R = cfg.vae.z_size, c.dream_steps, c.rollouts
-    start = torch.from_numpy(start_latents)[torch.randint(len(start_latents), (R,), generator=g)]  # [R, 2, z]
+    start = torch.from_numpy(starts)[torch.randint(len(starts), (R,), generator=g)]  # [R, 2, z]
     z = (start[:, 0] + torch.exp(0.5 * start[:, 1]) * torch.randn(R, z_size, generator=g)).to(device)[roll]
     weights, biases = unflatten(torch.from_numpy(params).float().to(device), z_size, mdnrnn.hidden, mdnrnn.actions)
     weights, biases = weights[cand], biases[cand]
@@ -119,6 +128,8 @@ def start_latents(run_dir: str | Path, limit: int = 1000) -> np.ndarray:
 
     store = EpisodeStore.open(latents_path(run_dir))
     rows = [store.read_episode(int(k), ["mu", "logvar"]) for k in store.complete()[:limit]]
+    if not rows:
+        raise DataError(f"{store.path} has no encoded episode to start dreams from (run encode first)")
     return np.stack([np.stack([r["mu"][0], r["logvar"][0]]) for r in rows])
 
 
@@ -168,7 +179,7 @@ def _train(cfg: Config, run_dir: Path, group) -> dict[str, Any]:
             log.info("train-controller: resuming after generation %d", state["generation"])
         else:
             es = cma.CMAEvolutionStrategy(np.zeros(size), c.sigma0, {
-                "popsize": c.popsize, "seed": int(np.random.SeedSequence([cfg.seed, 5]).generate_state(1)[0]) % 2**31 + 1,
+                "popsize": c.popsize, "seed": int(np.random.SeedSequence([cfg.seed, CMA]).generate_state(1)[0]) % 2**31 + 1,
                 "CMA_diagonal": c.diagonal, "verbose": -9, "maxiter": 10**9, "tolflatfitness": 10**9,
                 "tolfun": 0, "tolx": 0, "tolstagnation": 10**9})
             state = {"generation": 0, "history": [], "best": np.zeros(size), "best_fitness": -np.inf}
@@ -177,25 +188,26 @@ def _train(cfg: Config, run_dir: Path, group) -> dict[str, Any]:
     generation = group.bcast(state["generation"] if state else None)
 
     tracker = Tracker(cfg, run_dir, STAGE, total=c.generations, done=generation, unit="generations") if group.rank == 0 else None
+    envs: list = []  # this rank's environments, loaded once for every generation
     with tracker or contextlib.nullcontext(), StopFlag() as stop:
         while generation < c.generations:
             if group.bcast(stop.requested if group.rank == 0 else None):
                 raise Interrupted(stop.signum or signal.SIGTERM)  # every rank, together
             solutions = group.bcast(np.asarray(es.ask()) if group.rank == 0 else None)
             jobs = [(p, r) for p in range(len(solutions)) for r in range(c.rollouts)]
-            returns = _evaluate_share(cfg, group, workers, vae, mdnrnn, starts, solutions, jobs, generation, TRAIN, stop)
+            returns = _evaluate_share(cfg, group, workers, vae, mdnrnn, starts, solutions, jobs, generation, TRAIN, stop, envs)
             rescored = None
             if c.rescore_every and (generation + 1) % c.rescore_every == 0:
                 mean = group.bcast(np.asarray(es.mean)[None] if group.rank == 0 else None)
                 rescored = _evaluate_share(cfg, group, workers, vae, mdnrnn, None, mean, [(0, r) for r in range(c.rescore_rollouts)],
-                                           generation, RESCORE, stop, mode="real")
+                                           generation, RESCORE, stop, envs, mode="real")
             if group.rank == 0:
                 fitness = returns.reshape(len(solutions), c.rollouts).mean(axis=1)
                 es.tell(list(solutions), list(-fitness))  # cma minimises
                 generation += 1
                 record = {"generation": generation, "best": float(fitness.max()), "mean": float(fitness.mean()),
                           "worst": float(fitness.min()), "sigma": float(es.sigma)}
-                if rescored is not None:
+                if rescored is not None:  # the mean this generation's candidates were drawn around
                     record["mean_rescored"] = float(rescored.mean())
                 state["history"].append(record)
                 if fitness.max() > state["best_fitness"]:
@@ -216,7 +228,7 @@ def _train(cfg: Config, run_dir: Path, group) -> dict[str, Any]:
 
 
 def _evaluate_share(cfg: Config, group, workers: list[int], vae, mdnrnn, starts, solutions, jobs, generation, purpose,
-                    stop, mode: str | None = None) -> np.ndarray | None:
+                    stop, envs: list, mode: str | None = None) -> np.ndarray | None:
     """Each evaluating rank plays its contiguous share of `jobs`; rank 0 gets all returns in order."""
     mine: list[tuple[int, int]] = []
     if group.rank in workers:
@@ -224,6 +236,6 @@ def _evaluate_share(cfg: Config, group, workers: list[int], vae, mdnrnn, starts,
     if (mode or cfg.controller.mode) == "dream":
         returns = dream_returns(cfg, mdnrnn, starts, solutions, mine, generation)
     else:
-        returns = real_returns(cfg, vae, mdnrnn, solutions, mine, generation, purpose, stop if group.size == 1 else None)
+        returns = real_returns(cfg, vae, mdnrnn, solutions, mine, generation, purpose, stop if group.size == 1 else None, envs)
     gathered = group.gather(returns)
     return np.concatenate(gathered) if group.rank == 0 else None

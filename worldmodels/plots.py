@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
+
+from worldmodels.rundir import atomic_write
 
 REPORT = "report"
 
@@ -76,11 +79,14 @@ def plot_reconstructions(run_dir: str | Path, vae, store, count: int = 8) -> Pat
 
 
 def _save(fig, run_dir: str | Path, name: str) -> Path:
+    """Save as PNG atomically: a kill mid-write, or two evaluate tasks finishing together,
+    never leave a torn image."""
     plt = _pyplot()
     path = Path(run_dir) / REPORT / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    atomic_write(path, png.getvalue())
     return path
 
 

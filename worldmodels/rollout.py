@@ -20,11 +20,11 @@ from worldmodels.config import EnvConfig
 
 @dataclass
 class Episode:
-    """One episode to play: `k` names it, `seed` seeds the environment, `rng` the policy."""
+    """One episode to play: `k` names it, `seed` seeds the environment, `rng` the policy (if it draws)."""
 
     k: int
     seed: int
-    rng: np.random.Generator
+    rng: np.random.Generator | None = None
     tag: Any = None  # what the policy needs to know about this episode (e.g. its candidate)
 
 
@@ -73,7 +73,7 @@ class Played:
 
 def play(env_cfg: EnvConfig, policy, jobs: Iterable[Episode], on_done: Callable[[Played], None], *,
          batch: int, record: bool = False, stop=None, envs: list | None = None) -> None:
-    """Play every job with `batch` environments in lockstep.
+    """Play every job with `batch` environments in lockstep (the given `envs`, when passed).
 
     With `record`, each Played carries its rows in the dataset convention: row t is
     observation t and the transition that led to it (row 0: action 0, reward 0); their arrays
@@ -83,7 +83,10 @@ def play(env_cfg: EnvConfig, policy, jobs: Iterable[Episode], on_done: Callable[
     from worldmodels.envs import AtariEnv
 
     queue = iter(jobs)
-    envs = envs or [AtariEnv(env_cfg) for _ in range(batch)]
+    if envs is None:
+        envs = [AtariEnv(env_cfg) for _ in range(batch)]
+    if not envs:
+        raise ValueError("play needs at least one environment")
     running: list[Played | None] = [None] * len(envs)
     # Every slot's current observation, in place: the policy gets this batch (or the rows of the
     # slots still running) without restacking per-step arrays. Valid only during its act() call.

@@ -13,7 +13,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Generator
 
 import torch
 
@@ -89,7 +89,7 @@ class Fit:
     stage: str
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    batches: Callable[[int], Iterator[Any]]  # batches(step) yields batch step, step + 1, ...
+    batches: Callable[[int], Generator[Any, None, None]]  # batches(step) yields batch step, step + 1, ...
     loss: Callable[[Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]  # batch -> (loss, metrics)
     total_steps: int
     grad_clip: float | None = None
@@ -115,8 +115,9 @@ def fit(cfg: Config, run_dir: str | Path, job: Fit) -> int:
         ckpt.save(step, {"step": step, "model": job.model.state_dict(), "optimizer": job.optimizer.state_dict(),
                          "rng": rng_state(), "config": config_lib.digest(cfg), **(job.extra_state or {})})
 
-    with Tracker(cfg, run_dir, job.stage, total=job.total_steps, done=step, unit="steps") as tracker, StopFlag() as stop:
-        batches = job.batches(step)
+    # closing the batches stops the loader's read-ahead threads however training ends
+    with Tracker(cfg, run_dir, job.stage, total=job.total_steps, done=step, unit="steps") as tracker, StopFlag() as stop, \
+            contextlib.closing(job.batches(step)) as batches:
         job.model.train()
         while step < job.total_steps:
             loss, metrics = job.loss(next(batches))
