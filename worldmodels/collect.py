@@ -61,7 +61,7 @@ def collect(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1)
 
     Raises Interrupted (after committing whole episodes only) on SIGTERM/SIGUSR2.
     """
-    from worldmodels.envs import AtariEnv, game_of
+    from worldmodels.envs import EnvPool, game_of
     from worldmodels.policies import policy_factory
     from worldmodels.rollout import play
 
@@ -73,7 +73,7 @@ def collect(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1)
     lengths = store.lengths()
     todo = [k for k in owned if lengths[k] == 0]
     batch = max(1, min(cfg.collect.envs_per_task, len(todo)))
-    envs = [AtariEnv(cfg.env) for _ in range(batch)]
+    envs = EnvPool(cfg.env).take(batch)
     policy = make_policy(cfg, envs[0].num_actions, batch)
     with Tracker(cfg, run_dir, STAGE, total=len(owned), done=len(owned) - len(todo), unit="episodes",
                  task=task if num_tasks > 1 else None) as tracker, StopFlag() as stop:

@@ -140,6 +140,20 @@ class AtariEnv(gym.Env):
         return cv2.convertScaleAbs(cv2.resize(pooled, (size, size), interpolation=cv2.INTER_AREA))
 
 
+class EnvPool:
+    """Environments of one config, loaded when first needed and then reused: loading the ROM
+    costs 0.1 s an environment, and every episode restarts from the power-on state anyway."""
+
+    def __init__(self, cfg: EnvConfig):
+        self.cfg = cfg
+        self._envs: list[AtariEnv] = []
+
+    def take(self, n: int) -> list[AtariEnv]:
+        """The first n environments of the pool, loading those it lacks."""
+        self._envs.extend(AtariEnv(self.cfg) for _ in range(n - len(self._envs)))
+        return self._envs[:n]
+
+
 _scratch_of_thread = threading.local()
 
 

@@ -79,7 +79,7 @@ def _make_policy(name: str, solution: np.ndarray, world, action_names: list[str]
 def evaluate(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1) -> dict[str, Any]:
     """Play this task's episodes with every policy; write results.json once all tasks are done."""
     from worldmodels.controller import controller_size
-    from worldmodels.envs import AtariEnv
+    from worldmodels.envs import EnvPool
     from worldmodels.evolution import load_world_model
     from worldmodels.rollout import play
 
@@ -93,10 +93,9 @@ def evaluate(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1
     todo = {name: [k for k in owned if k not in scored[name]] for name in POLICIES}
     total = len(owned) * len(POLICIES)
     batches = {name: min(cfg.evaluate.batch, len(todo[name])) for name in POLICIES if todo[name]}
-    # one set of environments for every policy: each episode starts from the power-on state
-    envs = [AtariEnv(cfg.env) for _ in range(max(batches.values(), default=0))]
+    envs = EnvPool(cfg.env)  # one set for every policy
     # every policy is made before any play: a game without the heuristics' actions fails at once
-    policies = {name: _make_policy(name, solution, world, envs[0].action_names, batch) for name, batch in batches.items()}
+    policies = {name: _make_policy(name, solution, world, envs.take(1)[0].action_names, batch) for name, batch in batches.items()}
     with Tracker(cfg, run_dir, STAGE, total=total, done=total - sum(map(len, todo.values())), unit="episodes",
                  task=task if num_tasks > 1 else None) as tracker, StopFlag() as stop, torch.no_grad():
         for name, policy in policies.items():
@@ -108,7 +107,7 @@ def evaluate(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1
                 tracker.advance(1, **{f"evaluate/{name}": played.ret})
 
             batch = batches[name]
-            play(cfg.env, policy, [eval_job(cfg, k) for k in todo[name]], done, batch=batch, stop=stop, envs=envs[:batch])
+            play(cfg.env, policy, [eval_job(cfg, k) for k in todo[name]], done, batch=batch, stop=stop, envs=envs.take(batch))
         if task == 0:
             record_videos(cfg, run_dir, solution, world, stop)
     results = assemble(cfg, run_dir, source)

@@ -28,6 +28,7 @@ from worldmodels.checkpoint import Checkpointer
 from worldmodels.config import Config
 from worldmodels.controller import WorldModelPolicy, act, controller_size, unflatten
 from worldmodels.distributed import share, world
+from worldmodels.envs import EnvPool
 from worldmodels.errors import DataError, Interrupted
 from worldmodels.preemption import StopFlag
 from worldmodels.tracking import Tracker, log
@@ -55,20 +56,14 @@ CMA = 5  # the seed purpose of CMA-ES's own sampler
 
 
 def real_returns(cfg: Config, vae, mdnrnn, params: np.ndarray, jobs: list[tuple[int, int]], generation: int,
-                 purpose: int, stop: StopFlag | None, envs: list | None = None) -> np.ndarray:
-    """Returns of (candidate, rollout) episodes in the real game, played in lockstep batches.
-
-    `envs` is a pool of environments kept from call to call and grown as needed: loading the
-    ROM costs 0.1 s an environment, seconds a generation at the default batch.
-    """
-    from worldmodels.envs import AtariEnv
+                 purpose: int, stop: StopFlag | None, envs: EnvPool | None = None) -> np.ndarray:
+    """Returns of (candidate, rollout) episodes in the real game, played in lockstep batches
+    (in `envs`, when given: a pool kept from generation to generation)."""
     from worldmodels.rollout import Episode, play
 
     if not jobs:
         return np.zeros(0)
     batch = min(cfg.controller.batch, len(jobs))
-    envs = [] if envs is None else envs
-    envs.extend(AtariEnv(cfg.env) for _ in range(batch - len(envs)))
     policy = WorldModelPolicy(vae, mdnrnn, torch.from_numpy(params), batch=batch)
     episodes = [Episode(i, rollout_seed(cfg, purpose, generation, r), tag=c) for i, (c, r) in enumerate(jobs)]
     out = np.zeros(len(jobs))
@@ -77,7 +72,7 @@ def real_returns(cfg: Config, vae, mdnrnn, params: np.ndarray, jobs: list[tuple[
         out[played.job.k] = played.ret
 
     with torch.no_grad():
-        play(cfg.env, policy, episodes, done, batch=batch, stop=stop, envs=envs[:batch])
+        play(cfg.env, policy, episodes, done, batch=batch, stop=stop, envs=(envs or EnvPool(cfg.env)).take(batch))
     return out
 
 
@@ -188,7 +183,7 @@ def _train(cfg: Config, run_dir: Path, group) -> dict[str, Any]:
     generation = group.bcast(state["generation"] if state else None)
 
     tracker = Tracker(cfg, run_dir, STAGE, total=c.generations, done=generation, unit="generations") if group.rank == 0 else None
-    envs: list = []  # this rank's environments, loaded once for every generation
+    envs = EnvPool(cfg.env)  # this rank's environments, loaded once for every generation
     with tracker or contextlib.nullcontext(), StopFlag() as stop:
         while generation < c.generations:
             if group.bcast(stop.requested if group.rank == 0 else None):
@@ -228,7 +223,7 @@ def _train(cfg: Config, run_dir: Path, group) -> dict[str, Any]:
 
 
 def _evaluate_share(cfg: Config, group, workers: list[int], vae, mdnrnn, starts, solutions, jobs, generation, purpose,
-                    stop, envs: list, mode: str | None = None) -> np.ndarray | None:
+                    stop, envs: EnvPool, mode: str | None = None) -> np.ndarray | None:
     """Each evaluating rank plays its contiguous share of `jobs`; rank 0 gets all returns in order."""
     mine: list[tuple[int, int]] = []
     if group.rank in workers:

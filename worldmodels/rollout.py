@@ -80,11 +80,11 @@ def play(env_cfg: EnvConfig, policy, jobs: Iterable[Episode], on_done: Callable[
     are reused once `on_done` returns, so it must copy (or store) what it keeps.
     `stop.check()` runs before every step: an interrupted episode is simply dropped.
     """
-    from worldmodels.envs import AtariEnv
+    from worldmodels.envs import EnvPool
 
     queue = iter(jobs)
     if envs is None:
-        envs = [AtariEnv(env_cfg) for _ in range(batch)]
+        envs = EnvPool(env_cfg).take(batch)
     if not envs:
         raise ValueError("play needs at least one environment")
     running: list[Played | None] = [None] * len(envs)
