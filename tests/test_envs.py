@@ -8,6 +8,7 @@ import pytest
 from worldmodels.config import EnvConfig
 from worldmodels.envs import AtariEnv, episode_seed
 from worldmodels.errors import ConfigError
+from worldmodels.resize import AreaResize
 
 
 def play(env, seed, actions):
@@ -52,6 +53,19 @@ def test_matches_gymnasiums_standard_atari_preprocessing_frame_for_frame():
     np.testing.assert_array_equal(frames, np.stack(ref_frames))
     np.testing.assert_array_equal(rewards, ref_rewards)
     assert rewards.sum() > 0  # the comparison covered scoring, not only an idle screen
+
+
+@pytest.mark.parametrize("size, exact", [(64, True), (32, True), (96, True), (84, False), (16, False)])
+def test_area_resize_is_opencvs_bit_for_bit(size, exact):
+    # Random screens hit every residue of the exact mean, ties' neighbours included; coarse
+    # ones (few colours, as Atari screens) repeat the same sums over large areas.
+    resize = AreaResize(210, 160, size)
+    assert resize.exact == exact  # the matrix route where it is provably exact, OpenCV elsewhere
+    rng = np.random.default_rng(size)
+    for levels in (256, 4, 2):
+        for _ in range(20):
+            screen = (rng.integers(0, levels, (210, 160, 3)) * (255 // (levels - 1))).astype(np.uint8)
+            np.testing.assert_array_equal(resize(screen), cv2.resize(screen, (size, size), interpolation=cv2.INTER_AREA))
 
 
 def test_observation_is_the_max_of_the_last_two_frames():
