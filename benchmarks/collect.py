@@ -2,10 +2,12 @@
 
 Prints emulator frames per second on one core for
 - the raw emulator: ALEInterface.act plus a screen grab every frame (the limit), and
-- the collect stage end to end (env wrapper, random policy, Zarr compression and commits),
-and their ratio (target >= 0.80; each rate the best of --repeats runs), the env wrapper alone for
-reference, then the peak memory of collections of 1x and 4x the episodes (target: no growth
-with the number of episodes).
+- the collect stage end to end (env wrapper, random policy, Zarr compression and commits) as
+  configured by default, one environment per task,
+and their ratio (target >= 0.80; each rate the best of --repeats runs); for reference, the env
+wrapper alone and collect with eight environments in lockstep (as batched policies play); then
+the peak memory of collections of 1x and 4x the episodes (target: no growth with the number of
+episodes).
 
     python benchmarks/collect.py [--seconds 3] [--episodes 16] [--repeats 3]
 """
@@ -110,7 +112,8 @@ def main() -> None:
         fps, steps = max(runs)
         results[f"collect_fps_envs{batch}"] = fps
         print(f"collect (envs_per_task={batch}): {fps:8.0f} frames/s on one core over {steps} steps; "
-              f"raw emulator {raw:8.0f} frames/s; ratio {fps / raw:.2f} (target >= 0.80)")
+              f"raw emulator {raw:8.0f} frames/s; ratio {fps / raw:.2f} "
+              + ("(target >= 0.80)" if batch == 1 else "(lockstep, for reference)"))
     small, large = peak_rss_mib(args.episodes), peak_rss_mib(4 * args.episodes)
     results.update(peak_rss_mib_1x=small, peak_rss_mib_4x=large)
     print(f"peak memory: {small:.0f} MiB for {args.episodes} episodes, {large:.0f} MiB for {4 * args.episodes}; "

@@ -94,6 +94,30 @@ def test_observation_is_the_max_of_the_last_two_frames():
     assert differed > 0  # pooling changed what is seen on some steps
 
 
+def test_last_steps_pool_as_gymnasiums_preprocessing_does():
+    # An episode's last step ends on its last frame (pooling the previous observation with its
+    # second-to-last frame, in place) or sooner (observing the previous observation again).
+    # Holding NOOP, the game ends on the same frame whatever the frame skip, at another place
+    # within the last step: these skips cover both endings.
+    import ale_py
+
+    gym.register_envs(ale_py)
+    endings = set()
+    for skip in (2, 3, 4):
+        reference = gym.wrappers.AtariPreprocessing(gym.make("SpaceInvadersNoFrameskip-v4"), noop_max=0, frame_skip=skip,
+                                                    screen_size=64, grayscale_obs=False)
+        expected = [reference.reset(seed=0)[0]]
+        terminated = False
+        while not terminated:
+            obs, _, terminated, _, _ = reference.step(0)
+            expected.append(obs)
+        frames = reference.unwrapped.ale.getEpisodeFrameNumber()
+        endings.add("on its last frame" if (frames - 1) % skip == skip - 1 else "sooner")
+        observed, _ = play(AtariEnv(EnvConfig(noop_max=0, frame_skip=skip)), 0, [0] * len(expected))
+        np.testing.assert_array_equal(observed, np.stack(expected))
+    assert endings == {"on its last frame", "sooner"}
+
+
 def test_episode_k_is_reproduced_exactly_whatever_ran_before():
     cfg = EnvConfig()
     actions = np.random.default_rng(1).integers(0, 6, 200)

@@ -10,6 +10,7 @@ episode depends only on its seed and its actions, never on the episodes played b
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import gymnasium as gym
@@ -73,7 +74,10 @@ class AtariEnv(gym.Env):
         self._power_on = self._ale.cloneState()
         self._actions = self._ale.getMinimalActionSet()
         h, w = self._ale.getScreenDims()
-        self._pool = np.zeros((2, h, w, 3), dtype=np.uint8)
+        # The observation at full size: the max of its step's last two frames. Only it carries
+        # over to the next step (see step); the second-to-last frame is grabbed into a buffer
+        # that the envs of a thread share, which keeps lockstep envs' memory traffic down.
+        self._pooled = np.zeros((h, w, 3), dtype=np.uint8)
         self.action_space = gym.spaces.Discrete(len(self._actions))
         self.observation_space = gym.spaces.Box(0, 255, (cfg.size, cfg.size, 3), np.uint8)
         self._np_random = np.random.default_rng()
@@ -98,14 +102,14 @@ class AtariEnv(gym.Env):
             self._ale.act(self._actions[0])
             if self._ale.game_over():
                 self._ale.restoreState(self._power_on)
-        self._ale.getScreenRGB(self._pool[0])
-        self._pool[1] = 0
+        self._ale.getScreenRGB(self._pooled)
         self._steps = 0
         return self._observation(), {"noops": noops}
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
         """Repeat `action` for frame_skip frames; observe the max of the last two frames."""
         ale, act, skip = self._ale, self._actions[int(action)], self.cfg.frame_skip
+        second_last = _second_last_frame(self._pooled.shape)
         reward = 0.0
         terminated = False
         for t in range(skip):
@@ -114,9 +118,14 @@ class AtariEnv(gym.Env):
                 terminated = True
                 break
             if t == skip - 2:
-                ale.getScreenRGB(self._pool[1])
+                ale.getScreenRGB(second_last)
             elif t == skip - 1:
-                ale.getScreenRGB(self._pool[0])
+                ale.getScreenRGB(self._pooled)
+        if t == skip - 1:  # frame_skip >= 2: the second-to-last frame was grabbed
+            # The max goes in place, as in gymnasium's AtariPreprocessing, and so does a step that
+            # ends early: ending on its last frame, it pools the previous observation with its
+            # second-to-last frame; ending sooner, it grabs nothing and observes the previous one.
+            np.maximum(self._pooled, second_last, out=self._pooled)
         self._steps += 1
         truncated = not terminated and self._steps >= self.cfg.max_steps
         return self._observation(), reward, terminated, truncated, {}
@@ -126,12 +135,10 @@ class AtariEnv(gym.Env):
         return self._ale.getScreenRGB() if self.render_mode == "rgb_array" else None
 
     def _observation(self) -> np.ndarray:
-        # The max goes into frame 0 in place, as gymnasium's does: a step that ends before its
-        # last frame grabs nothing new and pools with it. The resize is OpenCV's INTER_AREA, bit
-        # for bit (tests compare with gymnasium's AtariPreprocessing), at a fraction of its cost.
-        np.maximum(self._pool[0], self._pool[1], out=self._pool[0])
-        height, width = self._pool.shape[1:3]
-        return area_resize(height, width, self.cfg.size)(self._pool[0])
+        # OpenCV's INTER_AREA, bit for bit (tests compare with gymnasium's AtariPreprocessing),
+        # at a fraction of its cost
+        height, width = self._pooled.shape[:2]
+        return area_resize(height, width, self.cfg.size)(self._pooled)
 
 
 class EnvPool:
@@ -146,3 +153,15 @@ class EnvPool:
         """The first n environments of the pool, loading those it lacks."""
         self._envs.extend(AtariEnv(self.cfg) for _ in range(n - len(self._envs)))
         return self._envs[:n]
+
+
+_of_thread = threading.local()
+
+
+def _second_last_frame(shape: tuple[int, ...]) -> np.ndarray:
+    """Where a step grabs its second-to-last frame, pooled within the same step: one buffer per
+    thread, shared by the envs the thread steps, stays in cache where one per env would not."""
+    frame = getattr(_of_thread, "second_last", None)
+    if frame is None or frame.shape != shape:
+        frame = _of_thread.second_last = np.empty(shape, np.uint8)
+    return frame
