@@ -75,8 +75,8 @@ class AtariEnv(gym.Env):
         self._actions = self._ale.getMinimalActionSet()
         h, w = self._ale.getScreenDims()
         # The observation at full size: the max of its step's last two frames. Only it carries
-        # over to the next step (see step); the second-to-last frame is grabbed into a buffer
-        # that the envs of a thread share, which keeps lockstep envs' memory traffic down.
+        # over to the next step (see step); the second-to-last frame, needed only within a step,
+        # goes to a buffer that the envs of a thread share.
         self._pooled = np.zeros((h, w, 3), dtype=np.uint8)
         self.action_space = gym.spaces.Discrete(len(self._actions))
         self.observation_space = gym.spaces.Box(0, 255, (cfg.size, cfg.size, 3), np.uint8)
