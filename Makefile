@@ -73,7 +73,7 @@ HOST_SETUP = $(if $(CONTAINER),,setup)
 export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 
-demo: $(HOST_SETUP) ## run the whole pipeline on configs/demo.yaml into a fresh run directory (about 12 min on 2 cores)
+demo: $(HOST_SETUP) ## run the whole pipeline on configs/demo.yaml into a fresh run directory (about 11 min on 2 cores)
 	@mkdir -p $(DEMO_DIR) $(if $(filter runs/demo-%,$(DEMO_DIR)),&& ln -sfn "$(abspath $(DEMO_DIR))" runs/latest)
 	@set -e; start=$$(date +%s); wm="$(call PYTHON_IN,$(DEMO_DIR)) -m worldmodels"; \
 	args="--config $(CONFIG) --run-dir $(DEMO_DIR) $(OVERRIDES)"; \
