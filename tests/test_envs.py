@@ -55,7 +55,7 @@ def test_matches_gymnasiums_standard_atari_preprocessing_frame_for_frame():
     assert rewards.sum() > 0  # the comparison covered scoring, not only an idle screen
 
 
-@pytest.mark.parametrize("size, exact", [(64, True), (32, True), (96, True), (84, False), (16, False)])
+@pytest.mark.parametrize("size, exact", [(64, True), (32, True), (96, True), (84, False), (16, False), (200, False)])
 def test_area_resize_is_opencvs_bit_for_bit(size, exact):
     # Random screens hit every residue of the exact mean, ties' neighbours included; coarse
     # ones (few colours, as Atari screens) repeat the same sums over large areas.

@@ -196,15 +196,25 @@ class _ChunkWriter:
     """
 
     def __init__(self, array: Any):
+        from zarr.abc.codec import ArrayBytesCodec, BytesBytesCodec, SupportsSyncCodec
         from zarr.core.buffer import default_buffer_prototype
 
         meta = array.async_array.metadata
+        # one chunk spec serves every codec of a plain array-to-bytes, bytes-to-bytes chain (the
+        # arrays this module creates); filters or sharding would need zarr's own pipeline
+        first, *rest = meta.codecs
+        if not (isinstance(first, ArrayBytesCodec) and all(isinstance(c, BytesBytesCodec) for c in rest)
+                and all(isinstance(c, SupportsSyncCodec) for c in meta.codecs)):
+            raise DataError(f"{array.store_path}: codecs {[type(c).__name__ for c in meta.codecs]} are not "
+                            "ones this dataset writes (bytes, then compressors)")
         self._meta, self._path = meta, array.async_array.store_path
         self._spec = meta.get_chunk_spec((0,) * len(array.shape), array.config, default_buffer_prototype())
         self.rows: int = array.chunks[0]
 
     def write(self, index: int, block: np.ndarray) -> None:
         """Store `block`, a whole chunk, as chunk `index` along the first axis."""
+        if block.shape != self._spec.shape:
+            raise ValueError(f"a chunk of shape {block.shape} for chunks of {self._spec.shape}")
         where = self._path / self._meta.encode_chunk_key((index,) + (0,) * (block.ndim - 1))
         if not block.view(np.uint8).any():  # all bytes zero: the fill value, bit for bit
             where.delete_sync()

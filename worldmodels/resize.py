@@ -12,7 +12,8 @@ resizing is linear with rational weights, which allows an exact and faster route
   OpenCV accumulates in float32, off by less than that (see `_opencv_error`), and the final
   scaling by 1/D here is off by less still, so both round to the same integers: same pixels.
 
-Sizes where either argument fails (84x84, where D is even, or upscaling) go through OpenCV.
+From 210x160 screens, sizes 32, 64, 96, 128 and 160 take this route; every other size (84x84,
+where D is even, say) goes through OpenCV.
 """
 
 from __future__ import annotations
@@ -42,9 +43,14 @@ def area_weights(src: int, dst: int) -> list[list[Fraction]]:
 
 
 def _opencv_error(taps_x: int, taps_y: int) -> float:
-    """A bound on how far OpenCV's float32 area mean of a uint8 image can be from the exact one:
-    half an ulp at 256 per multiply and per add of each pass, plus the weights' own rounding."""
-    return (2 * taps_x + 2 * taps_y + 2) * 2.0**-17
+    """A bound on how far OpenCV's float32 area mean of a uint8 image can be from the exact one.
+
+    Each pass sums taps of weight x value, all below 256 (half an ulp there is 2**-17): each
+    addition is off by at most 2**-17, the rounded products together by at most 255 * 2**-24
+    (about 2 * 2**-17), and so are the float32 weights; the vertical pass carries the horizontal
+    one's error, scaled by weights that sum to 1.
+    """
+    return (taps_x + taps_y + 8) * 2.0**-17
 
 
 class AreaResize:
@@ -76,17 +82,20 @@ class AreaResize:
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         import cv2
 
+        size, height = self.size, self.shape[0]
+        if not self.exact and size > min(self.shape[:2]):
+            # upscaling, where INTER_AREA is OpenCV's bilinear code, in fixed point for uint8
+            return cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)
         np.copyto(self._pixels, frame, casting="unsafe")
         if not self.exact:
-            # OpenCV's area resize of uint8 accumulates in float32 and rounds to nearest: on a
-            # float32 copy it gives the same pixels, about 30% faster
-            resized = cv2.resize(self._pixels, (self.size, self.size), interpolation=cv2.INTER_AREA)
+            # OpenCV's area downscaling of uint8 accumulates in float32 and rounds to nearest: on
+            # a float32 copy it gives the same pixels, about 30% faster
+            resized = cv2.resize(self._pixels, (size, size), interpolation=cv2.INTER_AREA)
             return cv2.convertScaleAbs(resized)
-        height = self.shape[0]
         np.matmul(self._pixels.reshape(len(self._rows), -1), self._wx, out=self._rows)
         np.matmul(self._wy, self._rows.reshape(self._gy, height // self._gy, -1), out=self._out)
         # exact multiples of 1/D, none a tie: OpenCV's round-to-nearest gives the exact mean rounded
-        return cv2.convertScaleAbs(self._out.reshape(self.size, self.size, 3), alpha=self._scale)
+        return cv2.convertScaleAbs(self._out.reshape(size, size, 3), alpha=self._scale)
 
 
 _of_thread = threading.local()
