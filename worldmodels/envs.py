@@ -11,14 +11,14 @@ episode depends only on its seed and its actions, never on the episodes played b
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
 
 from worldmodels.config import EnvConfig
 from worldmodels.errors import ConfigError
-from worldmodels.resize import area_resize
+from worldmodels.resize import AreaResize
 
 
 def game_of(env_id: str) -> str:
@@ -109,7 +109,8 @@ class AtariEnv(gym.Env):
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
         """Repeat `action` for frame_skip frames; observe the max of the last two frames."""
         ale, act, skip = self._ale, self._actions[int(action)], self.cfg.frame_skip
-        second_last = _second_last_frame(self._pooled.shape)
+        shape = self._pooled.shape
+        second_last = _per_thread(("second_last", shape), lambda: np.empty(shape, np.uint8))
         reward = 0.0
         terminated = False
         for t in range(skip):
@@ -138,7 +139,9 @@ class AtariEnv(gym.Env):
         # OpenCV's INTER_AREA, bit for bit (tests compare with gymnasium's AtariPreprocessing),
         # at a fraction of its cost
         height, width = self._pooled.shape[:2]
-        return area_resize(height, width, self.cfg.size)(self._pooled)
+        size = self.cfg.size
+        resize = _per_thread(("resize", height, width, size), lambda: AreaResize(height, width, size))
+        return resize(self._pooled)
 
 
 class EnvPool:
@@ -158,10 +161,12 @@ class EnvPool:
 _of_thread = threading.local()
 
 
-def _second_last_frame(shape: tuple[int, ...]) -> np.ndarray:
-    """Where a step grabs its second-to-last frame, pooled within the same step: one buffer per
-    thread, shared by the envs the thread steps, stays in cache where one per env would not."""
-    frame = getattr(_of_thread, "second_last", None)
-    if frame is None or frame.shape != shape:
-        frame = _of_thread.second_last = np.empty(shape, np.uint8)
-    return frame
+def _per_thread(key: tuple, make: Callable[[], Any]) -> Any:
+    """This thread's object under `key`, made on first use. The envs a thread steps share their
+    scratch (the second-to-last frame, the resizer's buffers), which then stays in cache where
+    one set per env would not; each is used within one step, so sharing is safe in a thread."""
+    if not hasattr(_of_thread, "objects"):
+        _of_thread.objects = {}
+    if key not in _of_thread.objects:
+        _of_thread.objects[key] = make()
+    return _of_thread.objects[key]

@@ -18,7 +18,6 @@ where D is even, say) goes through OpenCV.
 
 from __future__ import annotations
 
-import threading
 from fractions import Fraction
 from math import ceil, floor, gcd, lcm
 
@@ -96,17 +95,3 @@ class AreaResize:
         np.matmul(self._wy, self._rows.reshape(self._gy, height // self._gy, -1), out=self._out)
         # exact multiples of 1/D, none a tie: OpenCV's round-to-nearest gives the exact mean rounded
         return cv2.convertScaleAbs(self._out.reshape(size, size, 3), alpha=self._scale)
-
-
-_of_thread = threading.local()
-
-
-def area_resize(height: int, width: int, size: int) -> AreaResize:
-    """The resizer of this thread for these sizes: the envs a thread steps share one, whose
-    buffers then stay in cache where one set per env would not."""
-    if not hasattr(_of_thread, "resizers"):
-        _of_thread.resizers = {}
-    resizers, key = _of_thread.resizers, (height, width, size)
-    if key not in resizers:
-        resizers[key] = AreaResize(height, width, size)
-    return resizers[key]
