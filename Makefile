@@ -1,5 +1,5 @@
 # The front door: every target a user or CI needs, with its set-up built in.
-# `make help` lists them. Variables: RUN_DIR, CONFIG, PROFILE, CONTAINER, OVERRIDES.
+# `make help` lists them. Variables: RUN_DIR, CONFIG, PROFILE, CONTAINER, FROM, OVERRIDES.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 .SUFFIXES:
@@ -18,8 +18,9 @@ CONTAINER_PACKAGES := podman runc catatonit debootstrap
 
 export WANDB_SILENT ?= true
 
-.PHONY: slurm-up slurm-down submit-collect submit-vae submit-encode submit-mdnrnn submit-controller submit-eval submit-report submit-pipeline
-.PHONY: help setup system-packages test demo collect train-vae encode train-mdnrnn train-controller evaluate report status bench clean
+.PHONY: slurm-up slurm-down submit submit-collect submit-vae submit-encode submit-mdnrnn submit-controller submit-eval submit-report submit-pipeline
+.PHONY: help setup system-packages test demo stage collect train-vae encode train-mdnrnn train-controller evaluate report status bench clean
+.PHONY: sweep submit-sweep compare
 .PHONY: container-docker container-apptainer container-test container-lock
 
 help: ## list the targets
@@ -63,38 +64,51 @@ test: setup ## run the whole test suite except the container tests (make contain
 # each with one torch thread (JOBS processes of two threads each on JOBS cores run ten times slower).
 # With CONTAINER=<image or .sif> every stage runs inside that image (containers/run.sh), with
 # the run directory bind-mounted; the host then needs no virtual environment.
+# With FROM=BASE a new RUN_DIR branches from the run BASE: it reuses BASE's finished stages whose
+# identity matches (read-only; in a container BASE and the runs it reuses from are bound read-only).
 JOBS      ?= $(shell nproc 2>/dev/null || echo 2)
 CONTAINER ?=
+FROM      ?=
+FROM_ARG   = $(if $(FROM),--from $(FROM))
+# the run directories a branch reads from: FROM and every run FROM reuses stages from
+READ_ONLY  = $(if $(FROM),$(abspath $(FROM)) $(shell sed -n 's/.*"reused_from": "\(.*\)".*/\1/p' $(FROM)/stages/*.json 2>/dev/null | sort -u))
 # in_image DIR: the prefix that runs a command inside CONTAINER with DIR writable (or nothing)
-in_image   = $(if $(CONTAINER),containers/run.sh --bind $(abspath $(1)) $(CONTAINER))
+in_image   = $(if $(CONTAINER),containers/run.sh --bind $(abspath $(1)) $(foreach d,$(READ_ONLY),--bind-ro $(d)) $(CONTAINER))
 PYTHON_IN  = $(if $(CONTAINER),$(call in_image,$(1)) python,$(PY))
 MPIRUN_IN  = $(call in_image,$(1)) $(if $(or $(CONTAINER),$(shell command -v mpirun)),mpirun --oversubscribe -x OMP_NUM_THREADS=1 -n $(JOBS))
 HOST_SETUP = $(if $(CONTAINER),,setup)
 export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 
+# Every stage of the registry in order (`python -m worldmodels stages --plain`), each the way it runs:
+# task stages as JOBS parallel tasks (then once more to confirm the whole), MPI stages as JOBS ranks.
 demo: $(HOST_SETUP) ## run the whole pipeline on configs/demo.yaml into a fresh run directory (about 11 min on 2 cores)
 	@mkdir -p $(DEMO_DIR) $(if $(filter runs/demo-%,$(DEMO_DIR)),&& ln -sfn "$(abspath $(DEMO_DIR))" runs/latest)
 	@set -e; start=$$(date +%s); wm="$(call PYTHON_IN,$(DEMO_DIR)) -m worldmodels"; \
-	args="--config $(CONFIG) --run-dir $(DEMO_DIR) $(OVERRIDES)"; \
+	args="--config $(CONFIG) --run-dir $(DEMO_DIR) $(FROM_ARG) $(OVERRIDES)"; \
 	tasks() { for t in $$(seq 0 $$(($(JOBS) - 1))); do OMP_NUM_THREADS=1 $$wm $$1 $$args --task $$t --num-tasks $(JOBS) & done; \
 		for t in $$(seq 1 $(JOBS)); do wait -n; done; }; \
-	tasks collect; $$wm collect $$args; \
-	$$wm train-vae $$args; \
-	$$wm encode $$args; \
-	$$wm train-mdnrnn $$args; \
-	$(call MPIRUN_IN,$(DEMO_DIR)) $(if $(CONTAINER),python,$(PY)) -m worldmodels train-controller $$args; \
-	tasks evaluate; $$wm evaluate $$args; \
-	$$wm report $$args; \
+	for entry in $$($$wm stages --plain | tr ' ' ':'); do stage=$${entry%%:*}; \
+		case $${entry#*:} in \
+		tasks) tasks $$stage; $$wm $$stage $$args;; \
+		mpi) $(call MPIRUN_IN,$(DEMO_DIR)) $(if $(CONTAINER),python,$(PY)) -m worldmodels $$stage $$args;; \
+		*) $$wm $$stage $$args;; \
+		esac; \
+	done; \
 	$$wm status $(DEMO_DIR); \
 	echo "demo finished in $$(( $$(date +%s) - start )) s: run directory $(DEMO_DIR)"; \
 	echo "  report: $(DEMO_DIR)/report/index.html   results: $(DEMO_DIR)/eval/results.json"
 
-collect train-vae encode train-mdnrnn evaluate report: $(HOST_SETUP) ## run one stage locally (CONFIG, RUN_DIR, OVERRIDES, CONTAINER)
-	$(call PYTHON_IN,$(RUN_DIR)) -m worldmodels $@ --config $(CONFIG) --run-dir $(RUN_DIR) $(OVERRIDES)
+STAGE ?=
+stage: $(HOST_SETUP) ## run the stage STAGE locally (CONFIG, RUN_DIR, FROM, OVERRIDES, CONTAINER)
+	@test -n "$(STAGE)" || { echo "make stage needs STAGE=NAME (python -m worldmodels stages lists them)" >&2; exit 2; }
+	$(call PYTHON_IN,$(RUN_DIR)) -m worldmodels $(STAGE) --config $(CONFIG) --run-dir $(RUN_DIR) $(FROM_ARG) $(OVERRIDES)
 
-train-controller: $(HOST_SETUP) ## run CMA-ES locally as JOBS MPI ranks (CONFIG, RUN_DIR, OVERRIDES, CONTAINER)
-	$(call MPIRUN_IN,$(RUN_DIR)) $(if $(CONTAINER),python,$(PY)) -m worldmodels train-controller --config $(CONFIG) --run-dir $(RUN_DIR) $(OVERRIDES)
+collect train-vae encode train-mdnrnn evaluate report: $(HOST_SETUP) ## run one stage locally (CONFIG, RUN_DIR, FROM, OVERRIDES, CONTAINER)
+	$(call PYTHON_IN,$(RUN_DIR)) -m worldmodels $@ --config $(CONFIG) --run-dir $(RUN_DIR) $(FROM_ARG) $(OVERRIDES)
+
+train-controller: $(HOST_SETUP) ## run CMA-ES locally as JOBS MPI ranks (CONFIG, RUN_DIR, FROM, OVERRIDES, CONTAINER)
+	$(call MPIRUN_IN,$(RUN_DIR)) $(if $(CONTAINER),python,$(PY)) -m worldmodels train-controller --config $(CONFIG) --run-dir $(RUN_DIR) $(FROM_ARG) $(OVERRIDES)
 
 # --- Slurm ------------------------------------------------------------------------------------
 PROFILE ?= slurm/profiles/local.yaml
@@ -102,7 +116,12 @@ PROFILE ?= slurm/profiles/local.yaml
 ifneq ($(wildcard .slurm/slurm.conf),)
 export SLURM_CONF ?= $(abspath .slurm/slurm.conf)
 endif
-SUBMIT = $(PY) -m worldmodels submit $(1) --config $(CONFIG) --run-dir $(RUN_DIR) --profile $(PROFILE) $(if $(CONTAINER),--container $(CONTAINER)) $(OVERRIDES)
+SUBMIT = $(PY) -m worldmodels submit $(1) --config $(CONFIG) --run-dir $(RUN_DIR) --profile $(PROFILE) $(FROM_ARG) $(if $(CONTAINER),--container $(CONTAINER)) $(OVERRIDES)
+# Sweeps: SWEEP_DIR gets one run directory per point of GRID (e.g. GRID="controller.seed=1,2,3"),
+# each branched from FROM when given.
+SWEEP_DIR ?= runs/sweep
+GRID      ?=
+SWEEP = $(PY) -m worldmodels sweep --config $(CONFIG) --sweep-dir $(SWEEP_DIR) $(FROM_ARG) $(OVERRIDES) --grid $(GRID)
 
 slurm-up: system-packages ## start a single-node Slurm cluster on this machine (root; state in .slurm/)
 	@slurm/local-cluster.sh up
@@ -110,7 +129,10 @@ slurm-up: system-packages ## start a single-node Slurm cluster on this machine (
 slurm-down: ## stop the local Slurm cluster
 	@slurm/local-cluster.sh down
 
-submit-collect: setup ## submit collect as an array job (CONFIG, RUN_DIR, PROFILE)
+submit: setup ## submit the stage STAGE (CONFIG, RUN_DIR, PROFILE, FROM)
+	@test -n "$(STAGE)" || { echo "make submit needs STAGE=NAME or STAGE=pipeline" >&2; exit 2; }
+	$(call SUBMIT,$(STAGE))
+submit-collect: setup ## submit collect as an array job (CONFIG, RUN_DIR, PROFILE, FROM)
 	$(call SUBMIT,collect)
 submit-vae: setup ## submit train-vae
 	$(call SUBMIT,train-vae)
@@ -124,10 +146,19 @@ submit-eval: setup ## submit evaluate as an array job
 	$(call SUBMIT,evaluate)
 submit-report: setup ## submit report
 	$(call SUBMIT,report)
-submit-pipeline: setup ## submit every stage at once, chained with afterok dependencies
+submit-pipeline: setup ## submit every stage at once, chained with afterok dependencies (a branch: those it does not reuse)
 	$(call SUBMIT,pipeline)
 
-status: setup ## show where each stage of RUN_DIR stands
+sweep: setup ## run a sweep locally, point after point (CONFIG, SWEEP_DIR, GRID, FROM, OVERRIDES)
+	@test -n "$(GRID)" || { echo 'make sweep needs GRID="key=a,b key2=1,2"' >&2; exit 2; }
+	$(SWEEP)
+submit-sweep: setup ## submit a sweep to Slurm: one array job per stage across the points (PROFILE too)
+	@test -n "$(GRID)" || { echo 'make submit-sweep needs GRID="key=a,b key2=1,2"' >&2; exit 2; }
+	$(SWEEP) --executor slurm --profile $(PROFILE) $(if $(CONTAINER),--container $(CONTAINER))
+compare: setup ## mean, 95% CI and IQM over seeds per point of SWEEP_DIR (or of RUNS="dir1 dir2 ...")
+	$(PY) -m worldmodels compare $(or $(RUNS),$(SWEEP_DIR))
+
+status: setup ## show where each stage of RUN_DIR (or each point of a sweep folder) stands
 	$(PY) -m worldmodels status $(RUN_DIR)
 
 bench: setup ## run the benchmarks: each hot path against its physical limit

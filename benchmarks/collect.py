@@ -65,6 +65,7 @@ def observation_us(calls: int = 3000) -> float:
 def collect_fps(episodes: int, envs_per_task: int) -> tuple[float, int]:
     from worldmodels import config
     from worldmodels.collect import collect, open_rollouts
+    from worldmodels.rundir import RunDir
 
     cfg = config.load(ROOT / "configs" / "demo.yaml", [f"collect.episodes={episodes}", f"collect.envs_per_task={envs_per_task}",
                                                        "logging.wandb=false", "logging.every_s=1000"])
@@ -72,7 +73,7 @@ def collect_fps(episodes: int, envs_per_task: int) -> tuple[float, int]:
         start = time.perf_counter()
         collect(cfg, run_dir)
         elapsed = time.perf_counter() - start
-        steps = int((open_rollouts(cfg, run_dir).lengths() - 1).sum())
+        steps = int((open_rollouts(cfg, RunDir(run_dir)).lengths() - 1).sum())
     return steps * cfg.env.frame_skip / elapsed, steps
 
 

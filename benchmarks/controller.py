@@ -35,7 +35,7 @@ from worldmodels.config import EnvConfig  # noqa: E402
 from worldmodels.controller import WorldModelPolicy, controller_size  # noqa: E402
 from worldmodels.evolution import es_bytes  # noqa: E402
 from worldmodels.mdnrnn import MDNRNN  # noqa: E402
-from worldmodels.training import select_device  # noqa: E402
+from worldmodels.device import select_device  # noqa: E402
 from worldmodels.vae import ConvVAE  # noqa: E402
 
 Z, H, A = 32, 256, 6

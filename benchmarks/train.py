@@ -32,7 +32,8 @@ from worldmodels import config  # noqa: E402
 from worldmodels.collect import collect, open_rollouts  # noqa: E402
 from worldmodels.loader import frame_loader  # noqa: E402
 from worldmodels.mdnrnn import MDNRNN, mdn_nll  # noqa: E402
-from worldmodels.training import autocast, select_device  # noqa: E402
+from worldmodels.rundir import RunDir  # noqa: E402
+from worldmodels.device import autocast, select_device  # noqa: E402
 from worldmodels.vae import ConvVAE, to_input, vae_loss  # noqa: E402
 
 
@@ -129,7 +130,7 @@ def main() -> None:
     results: dict[str, float] = {"cores": cores}
     with tempfile.TemporaryDirectory() as run_dir:
         collect(cfg, run_dir)
-        store = open_rollouts(cfg, run_dir)
+        store = open_rollouts(cfg, RunDir(run_dir))
         frames = raw_decode_fps(store)[1]
         raw = best_of(3, lambda: raw_decode_fps(store)[0])
         one = best_of(3, lambda: loader_fps(store, args.batch, frames, workers=1))

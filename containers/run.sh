@@ -2,12 +2,13 @@
 # Runs a command inside the worldmodels image, the same way for a local stage, `make demo` and a
 # Slurm job (submitit's python command is `containers/run.sh --bind RUN_DIR IMAGE python`).
 #
-#   containers/run.sh [--bind DIR]... IMAGE COMMAND [ARG...]
+#   containers/run.sh [--bind DIR | --bind-ro DIR]... IMAGE COMMAND [ARG...]
 #
 # IMAGE is an Apptainer image (a .sif file) or a Docker/Podman image name. Inside, the working
 # directory is the caller's (bind-mounted read-only, at the same path, so relative paths mean the
-# same thing), each --bind DIR is mounted read-write at the same path, files are written as the
-# calling user, and the image itself is read-only. GPUs are passed through when the host has them.
+# same thing), each --bind DIR is mounted read-write and each --bind-ro DIR read-only (the runs a
+# branch reuses) at the same path, files are written as the calling user, and the image itself is
+# read-only. GPUs are passed through when the host has them.
 #
 # Preemption: Slurm signals every process of the job step, so the stage inside sees SIGUSR2,
 # saves its checkpoint and exits with 75 ("requeue me"). Slurm's tools need not exist in the
@@ -16,13 +17,18 @@ set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REQUEUE_EXIT_CODE=75
 
-binds=()
-while [[ $# -gt 0 && $1 == --bind ]]; do
-    [[ $# -ge 2 ]] || { echo "run.sh: --bind needs a directory" >&2; exit 2; }
-    mkdir -p "$2" && binds+=("$(cd "$2" && pwd)")
+binds=()     # DIR:DIR or DIR:DIR:ro, as both engines write them
+while [[ $# -gt 0 && ( $1 == --bind || $1 == --bind-ro ) ]]; do
+    [[ $# -ge 2 ]] || { echo "run.sh: $1 needs a directory" >&2; exit 2; }
+    if [[ $1 == --bind ]]; then
+        mkdir -p "$2" && dir=$(cd "$2" && pwd) && binds+=("$dir:$dir")
+    else
+        [[ -d $2 ]] || { echo "run.sh: --bind-ro $2: no such directory" >&2; exit 2; }
+        dir=$(cd "$2" && pwd) && binds+=("$dir:$dir:ro")
+    fi
     shift 2
 done
-[[ $# -ge 2 ]] || { echo "usage: containers/run.sh [--bind DIR]... IMAGE COMMAND [ARG...]" >&2; exit 2; }
+[[ $# -ge 2 ]] || { echo "usage: containers/run.sh [--bind DIR | --bind-ro DIR]... IMAGE COMMAND [ARG...]" >&2; exit 2; }
 image=$1; shift
 cwd=$(pwd)
 has_gpu() { command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; }
@@ -32,7 +38,7 @@ if [[ $image == *.sif ]]; then
     runtime=$(command -v apptainer || command -v singularity) \
         || { echo "run.sh: $image needs apptainer (or singularity) on PATH" >&2; exit 2; }
     cmd=("$runtime" exec --bind "$cwd:$cwd:ro" --pwd "$cwd")
-    for dir in "${binds[@]}"; do cmd+=(--bind "$dir:$dir"); done
+    for bind in "${binds[@]}"; do cmd+=(--bind "$bind"); done
     has_gpu && cmd+=(--nv)
     # Apptainer passes the caller's environment through and runs as the caller already.
     export WORLDMODELS_CONTAINER=$image
@@ -41,7 +47,7 @@ else
     source "$here/engine.sh"
     cmd=("$engine" run --rm --init --read-only --ipc=host "--network=${CONTAINER_NETWORK:-host}"
          -v "$cwd:$cwd:ro" -w "$cwd" --entrypoint "$1" -e "WORLDMODELS_CONTAINER=$image")
-    for dir in "${binds[@]}"; do cmd+=(-v "$dir:$dir"); done
+    for bind in "${binds[@]}"; do cmd+=(-v "$bind"); done
     if $podman && [[ $(id -u) != 0 ]]; then
         cmd+=(--userns=keep-id)                   # rootless podman: the caller's uid inside
     else

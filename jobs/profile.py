@@ -105,8 +105,9 @@ def _check_shape(res: Resources, stage: str) -> None:
             raise ConfigError(f"profile: {stage} asks for {key}={getattr(res, key)}, which must be >= 1")
     if res.gpus_per_node < 0 or res.mem_gb <= 0:
         raise ConfigError(f"profile: {stage} asks for gpus_per_node={res.gpus_per_node}, mem_gb={res.mem_gb}")
-    if stage != "train-controller" and (res.nodes > 1 or res.tasks_per_node > 1):
-        raise ConfigError(f"profile: only train-controller runs on several nodes or tasks; {stage} asks for "
+    if not STAGES[stage].mpi and (res.nodes > 1 or res.tasks_per_node > 1):
+        mpi = ", ".join(name for name, record in STAGES.items() if record.mpi)
+        raise ConfigError(f"profile: only {mpi} runs on several nodes or tasks; {stage} asks for "
                           f"{res.nodes} nodes x {res.tasks_per_node} tasks")
 
 

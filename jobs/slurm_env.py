@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import time
+
+RANK_WAITS_S = 300.0  # how long a rank other than 0 waits for rank 0's requeue to end the job step
 
 
 def in_slurm() -> bool:
@@ -20,6 +23,12 @@ def job_id() -> str | None:
 def restart_count() -> int:
     """How many times Slurm has requeued this job (0 on the first attempt)."""
     return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+
+
+def cpus_per_task() -> int | None:
+    """The CPUs Slurm gave each task of this job (None outside Slurm or when not set)."""
+    value = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    return int(value) if value.isdigit() else None
 
 
 def global_rank() -> int:
@@ -45,19 +54,17 @@ def requeue_after_preemption(signum: int) -> None:
     requeues it (`scontrol requeue`) before exiting. SIGTERM means "cancelled": no requeue.
     Inside a container, Slurm's tools may be absent: submitit still writes the checkpoint, then
     the process exits with REQUEUE_EXIT_CODE and containers/run.sh requeues from the host.
+
+    Only rank 0 of a multi-task job requeues; submitit's handler returns on the others. They wait
+    here for the requeue (or rank 0's exit, under --kill-on-bad-exit) to end the step: leaving
+    first with an error would make srun end rank 0, and with it the job, before it requeued.
     """
     if signum == signal.SIGUSR2 and in_slurm():
         if in_container():
-            _requeue_from_outside()
-        os.kill(os.getpid(), signal.SIGUSR2)
+            from jobs.submitit_internals import requeue_from_outside
+            from worldmodels.preemption import REQUEUE_EXIT_CODE
 
-
-def _requeue_from_outside() -> None:
-    from submitit.slurm.slurm import SlurmJobEnvironment
-
-    from worldmodels.preemption import REQUEUE_EXIT_CODE
-
-    def ask_the_host(self, countdown: int) -> None:
-        raise SystemExit(REQUEUE_EXIT_CODE)
-
-    SlurmJobEnvironment._requeue = ask_the_host
+            requeue_from_outside(REQUEUE_EXIT_CODE)
+        os.kill(os.getpid(), signal.SIGUSR2)  # rank 0 does not come back from this
+        if global_rank() != 0:
+            time.sleep(RANK_WAITS_S)

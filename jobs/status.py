@@ -8,6 +8,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from worldmodels.rundir import RunDir
+
 
 def job_states(ids: list[str]) -> list[dict[str, Any]]:
     """State and restart count of each job id (`scontrol show job`, which needs no accounting)."""
@@ -25,8 +27,8 @@ def job_states(ids: list[str]) -> list[dict[str, Any]]:
 
 
 def slurm_view(run_dir: str | Path) -> dict[str, Any]:
-    """{stage: {"jobs": [{"id", "state", "restarts"}]}} for every stage submitted from run_dir."""
-    path = Path(run_dir) / "slurm" / "jobs.json"
+    """{stage: {"jobs": [{"id", "state", "restarts"}]}} for every stage submitted for run_dir."""
+    path = RunDir(run_dir).jobs_file
     if not path.is_file():
         return {}
     return {stage: {"jobs": job_states(entry["ids"])} for stage, entry in json.loads(path.read_text()).items()}

@@ -1,13 +1,16 @@
-"""`python -m worldmodels submit STAGE|pipeline --config C --run-dir D --profile P [--dry-run]`.
+"""`python -m worldmodels submit STAGE|pipeline --config C --run-dir D --profile P [--from BASE] [--dry-run]`,
+and the Slurm side of `sweep --executor slurm`.
 
-Each stage becomes one submitit job (the controller: nodes x tasks MPI ranks under
-`srun --mpi=pmix`) or an array of tasks owning disjoint episodes (collect, encode, evaluate),
-chunked below the cluster's MaxArraySize. Jobs ask Slurm to requeue them; SIGUSR2 before a
-preemption or the time limit makes the stage save and requeue itself (see jobs/entries.py).
-`pipeline` submits every stage at once, each depending (afterok) on the one before. The run
-directory and its config are created before anything is submitted, and the job ids are kept in
-RUN_DIR/slurm/jobs.json for `status`. With a container image, each job's python is the image's,
-started by containers/run.sh with the run directory bound (see there for requeue).
+Each stage becomes what its record says (worldmodels.stages): an array of tasks owning disjoint
+episodes (chunked below the cluster's MaxArraySize), one job of nodes x tasks MPI ranks under
+`srun --mpi=pmix`, or one plain job. Jobs ask Slurm to requeue them; SIGUSR2 before a preemption or
+the time limit makes the stage save and requeue itself (see jobs/entries.py). `pipeline` submits
+every stage at once, each depending (afterok) on the one before. A branch (`--from BASE`) submits
+only the stages it does not reuse. A sweep submits one array per stage across all the points that
+need it, chained the same way. Run directories and their stage records are written before anything
+is submitted, and the job ids are kept in RUN_DIR/slurm/jobs.json for `status`. With a container
+image, each job's python is the image's, started by containers/run.sh with the run directory bound
+read-write and the runs it reuses from bound read-only.
 """
 
 from __future__ import annotations
@@ -23,27 +26,29 @@ import submitit
 
 from jobs.entries import StageJob
 from jobs.profile import Profile, Resources, check_against_cluster, cluster_info
+from jobs.submitit_internals import sbatch_script
 from worldmodels import config as config_lib
-from worldmodels import rundir
+from worldmodels import identity
 from worldmodels.config import Config
 from worldmodels.errors import ConfigError, DataError
-from worldmodels.stages import STAGES, TASK_STAGES
+from worldmodels.files import atomic_write
+from worldmodels.rundir import RunDir
+from worldmodels.stages import STAGES
 
 RUN_IN_CONTAINER = Path(__file__).resolve().parent.parent / "containers" / "run.sh"
-UPSTREAM = {"train-vae": "collect", "encode": "train-vae", "train-mdnrnn": "encode", "train-controller": "train-mdnrnn",
-            "evaluate": "train-controller", "report": "evaluate"}
 
 
 def array_size(stage: str, cfg: Config, res: Resources) -> int:
-    episodes = cfg.evaluate.episodes if stage == "evaluate" else cfg.collect.episodes
-    return max(1, min(res.array_tasks, episodes))
+    """How many tasks one run's share of a stage is split into (1 for stages that do not split)."""
+    return max(1, min(res.array_tasks, STAGES[stage].units(cfg))) if STAGES[stage].tasks else 1
 
 
-def container_python(image: str, run_dir: Path) -> str:
+def container_python(image: str, writable: Path, readonly: list[Path] = ()) -> str:
     """The python command of a job that runs inside `image` (an Apptainer .sif or an image name)."""
     if image.endswith(".sif"):
         image = str(Path(image).absolute())
-    return shlex.join([str(RUN_IN_CONTAINER), "--bind", str(run_dir), image, "python"])
+    binds = [arg for path in readonly for arg in ("--bind-ro", str(path))]
+    return shlex.join([str(RUN_IN_CONTAINER), "--bind", str(writable), *binds, image, "python"])
 
 
 def check_container(image: str) -> None:
@@ -54,11 +59,12 @@ def check_container(image: str) -> None:
         raise ConfigError(f"container: no Apptainer image at {image} (make container-apptainer builds it)")
 
 
-def make_executor(stage: str, res: Resources, run_dir: Path, dependency: str | None, tasks: int,
-                  container: str | None = None) -> submitit.AutoExecutor:
+def make_executor(stage: str, res: Resources, folder: Path, dependency: str | None, tasks: int,
+                  container: str | None = None, readonly: list[Path] = ()) -> submitit.AutoExecutor:
+    """An executor for `stage`'s jobs, logging into FOLDER/slurm/JOBID."""
     image = container or res.container
-    python = {"slurm_python": container_python(image, run_dir)} if image else {}
-    executor = submitit.AutoExecutor(folder=run_dir / "slurm" / "%j", cluster="slurm", **python)
+    python = {"slurm_python": container_python(image, folder, readonly)} if image else {}
+    executor = submitit.AutoExecutor(folder=folder / "slurm" / "%j", cluster="slurm", **python)
     extra: dict[str, Any] = {"requeue": True}
     extra.update(dict(item.split("=", 1) for item in res.extra_sbatch))
     if dependency:
@@ -73,88 +79,124 @@ def make_executor(stage: str, res: Resources, run_dir: Path, dependency: str | N
     for key in ("partition", "account", "qos"):
         if getattr(res, key):
             params[f"slurm_{key}"] = getattr(res, key)
-    if stage == "train-controller":
+    if STAGES[stage].mpi:
         # every task is an MPI rank; a rank that dies takes the job down with it
         params["slurm_srun_args"] = ["--mpi=pmix", "--kill-on-bad-exit=1"]
     executor.update_parameters(**params)
     return executor
 
 
-def check_inputs(stage: str, run_dir: Path) -> None:
-    """A stage submitted without a dependency needs its upstream stage done already."""
+def check_inputs(stage: str, run: RunDir, cfg: Config) -> None:
+    """A stage submitted without a dependency needs the stages it reads from done already."""
     from worldmodels.status import run_status
 
-    upstream = UPSTREAM.get(stage)
-    if upstream is None:
-        return
-    state = "pending"
-    if (run_dir / rundir.CONFIG_FILE).is_file():
-        state = run_status(run_dir)["stages"][upstream]["state"]
-    if state != "done":
-        raise DataError(f"{stage} needs {upstream} done first ({upstream} is {state} in {run_dir}); "
-                        f"submit {upstream} first, or everything with `submit pipeline`")
+    for upstream in STAGES[stage].upstream:
+        if not identity.finished(run.owner(upstream), upstream, cfg):
+            state = run_status(run.path)["stages"][upstream]["state"]
+            raise DataError(f"{stage} needs {upstream} done first ({upstream} is {state} in {run.path}); "
+                            f"submit {upstream} first, or everything with `submit pipeline`")
 
 
-def render(stage: str, res: Resources, run_dir: Path, dependency: str | None, tasks: int,
-           container: str | None = None) -> str:
-    """The sbatch script submitit would submit for this stage (for --dry-run and review)."""
-    executor = make_executor(stage, res, run_dir, dependency, tasks, container)
-    slurm = executor._executor
-    if stage in TASK_STAGES and tasks > 1:
-        slurm.parameters["map_count"] = tasks  # what map_array sets before rendering an array
-    return slurm._make_submission_file_text(slurm._submitit_command_str, "DRYRUN")
+def reused_from(run: RunDir) -> list[Path]:
+    """The other run directories this run reads from (bound read-only in containers)."""
+    return sorted({run.owner(stage).path for stage in STAGES} - {run.path})
 
 
-def submit(cfg: Config, run_dir: Path, stages: list[str], profile: Profile, dry_run: bool = False,
-           container: str | None = None, out=sys.stdout) -> dict[str, list[str]]:
-    """Submit `stages` in order, each after the previous one (afterok); returns their job ids."""
-    run_dir = run_dir.resolve() if run_dir.is_absolute() else (Path.cwd() / run_dir)
-    info = None if dry_run else cluster_info()
+def check_resources(stages: list[str], profile: Profile, container: str | None, info) -> None:
     for stage in stages:
         res = profile.for_stage(stage)
         if info is not None:
             check_against_cluster(res, stage, info)
         image = container or res.container  # as make_executor chooses
-        if image and not dry_run:
+        if image:
             check_container(image)
-    if not dry_run:
-        check_inputs(stages[0], run_dir)
-        rundir.prepare(run_dir, cfg)
-    max_array = info.max_array_size if info else 1001
+
+
+def submit(cfg: Config, run_dir: Path, stages: list[str], profile: Profile, dry_run: bool = False,
+           container: str | None = None, base: Path | None = None, out=sys.stdout) -> dict[str, list[str]]:
+    """Submit `stages` in order, each after the previous one (afterok); returns their job ids."""
+    run_dir = run_dir.resolve() if run_dir.is_absolute() else (Path.cwd() / run_dir)
+    if dry_run:
+        dependency = None
+        for stage in stages:
+            res, tasks = profile.for_stage(stage), array_size(stage, cfg, profile.for_stage(stage))
+            print(f"# --- {stage} ---", file=out)
+            print(sbatch_script(make_executor(stage, res, run_dir, dependency, tasks, container), tasks), file=out)
+            dependency = f"afterok:<{stage}>"
+        return {}
+    info = cluster_info()
+    check_resources(stages, profile, container, info)
+    run = identity.begin(cfg, run_dir, stages[-1], base)
+    own = [stage for stage in stages if run.owner(stage) is run]
+    for stage in sorted(set(stages) - set(own), key=stages.index):
+        print(f"{stage}: reused from {run.owner(stage).path}", file=out)
+    if not own:
+        return {}
+    check_inputs(own[0], run, cfg)
     submitted: dict[str, list[str]] = {}
     dependency = None
-    for stage in stages:
+    for stage in own:
         res = profile.for_stage(stage)
-        tasks = array_size(stage, cfg, res) if stage in TASK_STAGES else 1
-        if dry_run:
-            print(f"# --- {stage} ---", file=out)
-            print(render(stage, res, run_dir, dependency, tasks, container), file=out)
-            dependency = f"afterok:<{stage}>"
-            continue
-        job = StageJob(stage, config_lib.to_dict(cfg), str(run_dir))
-        ids: list[str] = []
-        if stage in TASK_STAGES:
-            # arrays larger than MaxArraySize go in several submissions of whole chunks
-            chunk = max(1, max_array - 1)
-            for first in range(0, tasks, chunk):
-                part = range(first, min(first + chunk, tasks))
-                executor = make_executor(stage, res, run_dir, dependency, len(part), container)
-                jobs = executor.map_array(job, list(part), [tasks] * len(part))
-                ids += [j.job_id for j in jobs]
-        else:
-            ids.append(make_executor(stage, res, run_dir, dependency, 1, container).submit(job).job_id)
+        tasks = array_size(stage, cfg, res)
+        job_args = [(config_lib.to_dict(cfg), str(run_dir), task, tasks) for task in range(tasks)]
+        ids = _submit(stage, res, run_dir, dependency, job_args, info, container, reused_from(run))
         submitted[stage] = ids
-        record(run_dir, stage, ids)
+        record(run, stage, ids)
         print(f"{stage}: submitted {', '.join(ids)}", file=out)
         dependency = "afterok:" + ":".join(sorted({i.split("_")[0] for i in ids}))
     return submitted
 
 
-def record(run_dir: Path, stage: str, ids: list[str]) -> None:
-    path = run_dir / "slurm" / "jobs.json"
+def submit_sweep(sweep, profile: Profile, container: str | None = None, out=sys.stdout) -> dict[str, list[str]]:
+    """One array job per stage across every point of `sweep` that runs the stage itself, each stage
+    after the previous one (afterok); the points' reused stages are not submitted."""
+    info = cluster_info()
+    check_resources(list(STAGES), profile, container, info)
+    configs = {p.name: sweep.config_of(p) for p in sweep.points}
+    runs = {p.name: identity.begin(configs[p.name], p.run_dir, list(STAGES)[-1], sweep.base) for p in sweep.points}
+    readonly = sorted({path for run in runs.values() for path in reused_from(run)})
+    submitted: dict[str, list[str]] = {}
+    dependency = None
+    for stage in STAGES:
+        res = profile.for_stage(stage)
+        todo = [p for p in sweep.points if runs[p.name].owner(stage) is runs[p.name]
+                and not identity.finished(runs[p.name], stage, configs[p.name])]
+        if not todo:
+            print(f"{stage}: nothing to submit (every point reuses or has finished it)", file=out)
+            continue
+        job_args, owners = [], []
+        for p in todo:
+            tasks = array_size(stage, configs[p.name], res)
+            job_args += [(config_lib.to_dict(configs[p.name]), str(p.run_dir.resolve()), t, tasks) for t in range(tasks)]
+            owners += [p.name] * tasks
+        ids = _submit(stage, res, sweep.directory.resolve(), dependency, job_args, info, container, readonly)
+        for p in todo:
+            record(runs[p.name], stage, [i for i, owner in zip(ids, owners) if owner == p.name])
+        submitted[stage] = ids
+        print(f"{stage}: submitted {len(ids)} tasks for {len(todo)} points: {', '.join(ids)}", file=out)
+        dependency = "afterok:" + ":".join(sorted({i.split("_")[0] for i in ids}))
+    return submitted
+
+
+def _submit(stage: str, res: Resources, folder: Path, dependency: str | None, job_args: list[tuple], info,
+            container: str | None, readonly: list[Path]) -> list[str]:
+    """Submit one job per element of `job_args` (config, run_dir, task, num_tasks) as arrays no larger
+    than the cluster allows; returns the job ids in the same order."""
+    job = StageJob(stage)
+    chunk = max(1, (info.max_array_size if info else 1001) - 1)
+    ids: list[str] = []
+    for first in range(0, len(job_args), chunk):
+        part = job_args[first:first + chunk]
+        executor = make_executor(stage, res, folder, dependency, len(part), container, readonly)
+        ids += [j.job_id for j in executor.map_array(job, *(list(column) for column in zip(*part)))]
+    return ids
+
+
+def record(run: RunDir, stage: str, ids: list[str]) -> None:
+    path = run.jobs_file
     jobs = json.loads(path.read_text()) if path.is_file() else {}
     jobs[stage] = {"ids": ids, "submitted": time.time()}
-    rundir.atomic_write(path, json.dumps(jobs, indent=1).encode())
+    atomic_write(path, json.dumps(jobs, indent=1).encode())
 
 
 def stages_for(name: str) -> list[str]:

@@ -62,12 +62,12 @@ def test_every_stored_episode_replays_frame_for_frame_in_a_fresh_environment(tmp
 
 
 def test_random_policy_holds_each_draw_for_one_to_n_steps(tmp_path):
-    from worldmodels.envs import episode_rng
+    from worldmodels import config, seeds
 
     run = tmp_path / "run"
     run_cli("collect", "--config", SMOKE, "--run-dir", run, "collect.action_repeat_max=4", "env.max_steps=200")
     actions = EpisodeStore.open(run / "data" / "rollouts.zarr").read_episode(2)["actions"][1:]
-    rng, expected, holds = episode_rng(7, 2, stream=1), [], []
+    rng, expected, holds = seeds.rng(config.load(SMOKE), "collect.policy", 2), [], []
     while len(expected) < len(actions):
         action, hold = rng.integers(6), rng.integers(1, 5)
         expected += [action] * hold
@@ -114,7 +114,8 @@ def test_a_killed_collection_rerun_ends_identical_to_an_uninterrupted_one(tmp_pa
         assert status_json(cut)["stages"]["collect"]["state"] == "partial"
     done_before = (EpisodeStore.open(cut / "data" / "rollouts.zarr").lengths() > 0).sum()
     assert 2 <= done_before < 8
-    rerun = run_cli("collect", "--config", SMOKE, "--run-dir", cut, *LONGER)
+    # resumed with another number of environments in lockstep (which belongs to no identity)
+    rerun = run_cli("collect", "--config", SMOKE, "--run-dir", cut, *LONGER, "collect.envs_per_task=3")
     assert f"({8 - done_before} collected now)" in rerun.stdout  # committed episodes were skipped
     assert_same_store(whole / "data" / "rollouts.zarr", cut / "data" / "rollouts.zarr")
 
@@ -131,7 +132,7 @@ def test_rerunning_a_finished_collection_does_nothing(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     (["env.id=SpaceInvadersNoFrameskip-v77"], "unknown environment"),
     (["collect.episodes=-3"], "collect.episodes"),
-    (["collect.episodes=9"], "another config"),
+    (["collect.episodes=9"], "collect in"),
     (["collect.policy=expert"], "unknown policy"),
 ])
 def test_bad_input_is_one_clear_line_and_leaves_existing_data_untouched(tmp_path, overrides, message):
@@ -142,6 +143,8 @@ def test_bad_input_is_one_clear_line_and_leaves_existing_data_untouched(tmp_path
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
     assert message in proc.stderr
+    if message == "collect in":  # a changed identity names the stage and the key, and says how to branch
+        assert "was run with other values (collect.episodes: 6 -> 9)" in proc.stderr and "--from" in proc.stderr
     assert tree_digest(run) == before
 
 
@@ -170,7 +173,7 @@ def test_an_unwritable_run_directory_is_a_clear_error(tmp_path, readonly_dir):
 
 
 def test_wandb_runs_offline_in_the_run_directory_grouped_by_it_and_never_shows_the_key(tmp_path, monkeypatch):
-    from worldmodels.rundir import group_name
+    from worldmodels.rundir import RunDir
 
     secret = "f" * 8 + "0123456789abcdef0123456789abcdef"  # a well-formed 40-character API key
     monkeypatch.setenv("WANDB_API_KEY", secret)
@@ -180,13 +183,13 @@ def test_wandb_runs_offline_in_the_run_directory_grouped_by_it_and_never_shows_t
     runs = list((run / "wandb" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1  # offline: nothing was sent anywhere
     log = next(runs[0].glob("*.wandb")).read_bytes()
-    assert group_name(run).encode() in log and b"episode/return" in log
+    assert RunDir(run).group_name().encode() in log and b"episode/return" in log
     assert secret not in proc.stdout + proc.stderr
     assert not any(secret.encode() in p.read_bytes() for p in run.rglob("*") if p.is_file())
 
 
 def test_an_interrupted_stage_resumes_the_same_wandb_run(tmp_path, monkeypatch):
-    from worldmodels.rundir import run_id
+    from worldmodels.rundir import RunDir
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     run = tmp_path / "run"
@@ -197,4 +200,4 @@ def test_an_interrupted_stage_resumes_the_same_wandb_run(tmp_path, monkeypatch):
     run_cli("collect", "--config", SMOKE, "--run-dir", run, "logging.wandb=true", *LONGER)
     attempts = sorted((run / "wandb" / "wandb").glob("offline-run-*"))
     assert len(attempts) == 2  # one per attempt, both the same wandb run: synced, it is one history
-    assert {p.name.rsplit("-", 1)[1] for p in attempts} == {run_id(run, "collect")}
+    assert {p.name.rsplit("-", 1)[1] for p in attempts} == {RunDir(run).run_id("collect")}

@@ -81,7 +81,8 @@ def test_sigterm_at_a_random_generation_then_rerun_ends_with_the_same_history(wo
     assert proc.wait(60) == 75, proc.stderr.read()
     stopped = last_checkpoint(cut)["generation"]
     assert at <= stopped < 10
-    rerun = run_cli("train-controller", *args, "--run-dir", cut)
+    # resumed with other lockstep batches and without the master playing (in no identity)
+    rerun = run_cli("train-controller", *args, "--run-dir", cut, "controller.batch=3", "controller.master_evaluates=false")
     assert f"resuming after generation {stopped}" in rerun.stderr
     a, b = last_checkpoint(whole), last_checkpoint(cut)
     assert a["history"] == b["history"] and len(a["history"]) == 10
@@ -89,12 +90,12 @@ def test_sigterm_at_a_random_generation_then_rerun_ends_with_the_same_history(wo
 
 
 def test_dream_rollouts_are_deterministic_and_do_not_depend_on_how_episodes_are_split(world):
-    from worldmodels.evolution import dream_returns, start_latents
-    from worldmodels.train_mdnrnn import load_mdnrnn
+    from worldmodels.evolution import dream_returns
+    from worldmodels.rundir import RunDir
 
     cfg = config.load(SMOKE, ["controller.dream_steps=40"])
-    mdnrnn = load_mdnrnn(cfg, world)
-    starts = start_latents(world)
+    mdnrnn = RunDir(world).load_mdnrnn(cfg)
+    starts = RunDir(world).start_latents()
     params = np.random.default_rng(0).normal(size=(4, controller_size(8, 16, 6)))
     jobs = [(p, r) for p in range(4) for r in range(cfg.controller.rollouts)]
     a = dream_returns(cfg, mdnrnn, starts, params, jobs, generation=3)
@@ -133,8 +134,11 @@ def test_evaluate_scores_controller_and_baselines_on_the_same_seeds_then_report_
     args = ["--config", SMOKE, "--run-dir", run]
     run_cli("train-controller", *args)
     for task in range(2):  # two tasks owning disjoint episodes; the second completes results.json
-        run_cli("evaluate", *args, "--task", task, "--num-tasks", 2)
+        run_cli("evaluate", *args, "--task", task, "--num-tasks", 2, f"evaluate.batch={4 - 3 * task}")
     results = json.loads((run / "eval" / "results.json").read_text())
+    whole = tmp_path / "whole"
+    run_cli("evaluate", "--config", SMOKE, "--run-dir", whole, "--from", run, "evaluate.videos=0")
+    assert json.loads((whole / "eval" / "results.json").read_text())["scores"] == results["scores"]
     for key in ("episodes", "mean", "std", "scores", "random", "controller", "env_id", "seeds", "heuristics"):
         assert key in results
     assert results["episodes"] == 4 and len(results["scores"]) == len(results["seeds"]) == 4
@@ -159,7 +163,7 @@ def test_evaluate_scores_controller_and_baselines_on_the_same_seeds_then_report_
 
 def test_always_fire_scores_the_same_on_every_seed_as_the_reference_measured():
     # REFERENCE: with the standard wrapper, always FIRE scores 285 on every seed.
-    from worldmodels.envs import AtariEnv, episode_rng
+    from worldmodels.envs import AtariEnv
     from worldmodels.policies import ScriptedPolicy
     from worldmodels.rollout import Episode, play
 
@@ -167,7 +171,7 @@ def test_always_fire_scores_the_same_on_every_seed_as_the_reference_measured():
     env = AtariEnv(cfg.env)
     scores = []
     play(cfg.env, ScriptedPolicy("always_fire", env.action_names, 2),
-         [Episode(k, 1000 + k, episode_rng(0, k, 1)) for k in range(2)], lambda p: scores.append(p.ret), batch=2)
+         [Episode(k, 1000 + k) for k in range(2)], lambda p: scores.append(p.ret), batch=2)
     assert scores == [285.0, 285.0]
 
 

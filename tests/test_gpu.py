@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from worldmodels.mdnrnn import MDNRNN, mdn_nll
-from worldmodels.training import autocast
+from worldmodels.device import autocast
 from worldmodels.vae import ConvVAE, vae_loss
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]

@@ -33,7 +33,10 @@ def test_both_definitions_install_with_the_same_script():
 
 def test_the_apptainer_image_gets_everything_the_install_needs():
     copied = {line.split()[0] for line in def_sections()["files"]}
-    assert {"pyproject.toml", "README.md", "worldmodels", "jobs", "containers", "configs"} <= copied
+    include = re.search(r"^include = \[(.*)\]", (ROOT / "pyproject.toml").read_text(), re.M)[1]
+    packages = {name.strip(' "*') for name in include.split(",")}  # every package pip installs
+    assert packages == {"worldmodels", "jobs", "cli"}
+    assert {"pyproject.toml", "README.md", "containers", "configs"} | packages <= copied
     assert all((ROOT / path).exists() for path in copied)
 
 

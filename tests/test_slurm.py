@@ -198,3 +198,33 @@ def test_a_second_local_cluster_is_refused_while_one_runs(cluster, tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert f"a local cluster from {ROOT} is already running" in proc.stderr
     assert not (tmp_path / "other").exists()
+
+
+def test_a_sweep_runs_as_array_jobs_survives_a_preempted_point_and_compares_over_seeds(cluster, tmp_path):
+    base = tmp_path / "base"
+    for stage in ("collect", "train-vae", "encode", "train-mdnrnn"):
+        run_cli(stage, "--config", SMOKE, "--run-dir", base)
+    sweep = tmp_path / "sweep"
+    proc = run_cli("sweep", "--config", SMOKE, "--sweep-dir", sweep, "--from", base, "controller.generations=8",
+                   "--grid", "controller.mode=real,dream", "controller.seed=1,2,3", "--executor", "slurm", "--profile", LOCAL)
+    assert "collect: nothing to submit" in proc.stdout and "train-controller: submitted 6 tasks for 6 points" in proc.stdout
+    points = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name != "slurm")
+    assert [p.name for p in points] == [f"mode={m}_seed={s}" for m in ("dream", "real") for s in (1, 2, 3)]
+    controllers = [job_ids(p, "train-controller")[0] for p in points]
+    assert len({i.split("_")[0] for i in controllers}) == 1  # one array across the points
+    target, first = controllers[3], points[3]  # mode=real_seed=1: the array's first task
+    wait_for(lambda: len(list((first / "checkpoints" / "controller").glob("*.json"))) >= 2, what="controller progress")
+    # (scancel may report the job "in transition": the stage requeues itself at once)
+    subprocess.run(["scancel", "--signal=USR2", target], capture_output=True)
+    wait_for(lambda: scontrol(target).get("Restarts") == "1", timeout=60, what="requeue")
+    ids = [i for p in points for stage in ("train-controller", "evaluate", "report") for i in job_ids(p, stage)]
+    wait_done(sweep, ids)
+    assert re.search(r"resuming after generation [1-9]", log_text(sweep, target)), log_text(sweep, target)[-2000:]
+    view = json.loads(run_cli("status", sweep, "--json").stdout)["sweep"]["points"]
+    assert all(v["stages"][s]["state"] == "done" for v in view.values() for s in STAGES + ["report"])
+    assert all(v["stages"]["train-vae"]["reused_from"] == str(base.resolve()) for v in view.values())
+    run_cli("compare", sweep)
+    summary = json.loads((sweep / "compare" / "results.json").read_text())
+    assert sorted(p["point"] for p in summary["points"]) == ["controller.mode=dream", "controller.mode=real"]
+    for p in summary["points"]:
+        assert len(p["scores"]) == 3 and p["ci_low"] <= p["mean"] <= p["ci_high"], p

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from worldmodels.errors import DataError
-from worldmodels.rundir import atomic_write
+from worldmodels.files import atomic_write
 
 log = logging.getLogger("worldmodels")
 
@@ -93,12 +93,17 @@ def latest_step(directory: str | Path) -> int | None:
     return steps[-1] if steps else None
 
 
-def finished_checkpoint(directory: str | Path, total: int, stage: str) -> Path:
-    """The final checkpoint of a training stage that reached `total` steps; a clear error otherwise."""
-    step = latest_step(directory)
-    if step is None or step < total:
-        raise DataError(f"{stage} is not finished (checkpoint step {step} of {total} in {directory}); run it first")
-    return Path(directory) / f"step-{step:09d}.pt"
+def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """load_state_dict with a one-line error naming the mismatch instead of a page of shapes."""
+    own = model.state_dict()
+    for name, tensor in state.items():
+        if name in own and own[name].shape != tensor.shape:
+            raise DataError(f"{source}: parameter {name} has shape {tuple(tensor.shape)}, the config needs "
+                            f"{tuple(own[name].shape)} (a model of another size?)")
+    missing, unexpected = set(own) - set(state), set(state) - set(own)
+    if missing or unexpected:
+        raise DataError(f"{source}: not a checkpoint of this model (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    model.load_state_dict(state)
 
 
 # --- every random state, so that a resumed run draws exactly what an uninterrupted one would ------

@@ -1,6 +1,6 @@
 """The collect stage: play episodes with a policy and commit each whole into data/rollouts.zarr.
 
-Episode k belongs to task k % num_tasks, is seeded from (run seed, k) and lands in its own slot
+Episode k belongs to task k % num_tasks, is seeded from (collect seed, k) and lands in its own slot
 of the store, so the dataset is the same whatever the number of tasks, their order, or how often
 they were interrupted: a rerun skips committed episodes and replays uncommitted ones from scratch.
 
@@ -12,21 +12,16 @@ the reset observation, has action 0 and reward 0). An episode of T steps has T +
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-
-from worldmodels import rundir
+from worldmodels import seeds
 from worldmodels.config import Config
 from worldmodels.dataset import EpisodeStore, Field, slot_rows
-from worldmodels.errors import ConfigError
+from worldmodels.distributed import task_episodes
 from worldmodels.preemption import StopFlag
+from worldmodels.rundir import RunDir
 from worldmodels.tracking import Tracker
 
 STAGE = "collect"
-
-
-def rollouts_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "data" / "rollouts.zarr"
 
 
 def rollout_fields(cfg: Config) -> dict[str, Field]:
@@ -40,42 +35,45 @@ def rollout_fields(cfg: Config) -> dict[str, Field]:
     }
 
 
-def open_rollouts(cfg: Config, run_dir: str | Path) -> EpisodeStore:
+def open_rollouts(cfg: Config, run: RunDir) -> EpisodeStore:
     """The run's rollout store, created on first use with the layout `cfg` implies."""
     return EpisodeStore.create(
-        rollouts_path(run_dir), fields=rollout_fields(cfg), episodes=cfg.collect.episodes,
+        run.rollouts, fields=rollout_fields(cfg), episodes=cfg.collect.episodes,
         slot=slot_rows(cfg.env.max_steps, cfg.collect.chunk_steps), chunk_steps=cfg.collect.chunk_steps,
-        attrs={"env_id": cfg.env.id, "frame_skip": cfg.env.frame_skip, "noop_max": cfg.env.noop_max, "seed": cfg.seed},
+        attrs={"env_id": cfg.env.id, "frame_skip": cfg.env.frame_skip, "noop_max": cfg.env.noop_max,
+               "seed": cfg.seed_of("collect")},
     )
 
 
-def task_episodes(episodes: int, task: int, num_tasks: int) -> range:
-    """The episodes task `task` of `num_tasks` owns (strided, so tasks get similar amounts)."""
-    if num_tasks < 1 or not 0 <= task < num_tasks:
-        raise ConfigError(f"task {task} is not one of 0..{num_tasks - 1}")
-    return range(task, episodes, num_tasks)
+def check(cfg: Config) -> None:
+    """Refuse a bad env id or policy before anything is written."""
+    from worldmodels.envs import game_of
+    from worldmodels.policies import policy_factory
+
+    game_of(cfg.env.id)
+    policy_factory(cfg)
 
 
-def collect(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1) -> dict[str, Any]:
-    """Play and commit every uncommitted episode of this task; returns a summary.
+def collect(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1) -> str:
+    """Play and commit every uncommitted episode of this task; returns a line for people.
 
     Raises Interrupted (after committing whole episodes only) on SIGTERM/SIGUSR2.
     """
-    from worldmodels.envs import EnvPool, game_of
+    from worldmodels.envs import EnvPool
     from worldmodels.policies import policy_factory
     from worldmodels.rollout import play
 
     owned = task_episodes(cfg.collect.episodes, task, num_tasks)
-    game_of(cfg.env.id)  # fail on a bad env id or policy before anything is written
+    check(cfg)
     make_policy = policy_factory(cfg)
-    run_dir = rundir.prepare(run_dir, cfg)
-    store = open_rollouts(cfg, run_dir)
+    run = RunDir(run_dir)
+    store = open_rollouts(cfg, run)
     lengths = store.lengths()
     todo = [k for k in owned if lengths[k] == 0]
     batch = max(1, min(cfg.collect.envs_per_task, len(todo)))
     envs = EnvPool(cfg.env).take(batch)
     policy = make_policy(cfg, envs[0].num_actions, batch)
-    with Tracker(cfg, run_dir, STAGE, total=len(owned), done=len(owned) - len(todo), unit="episodes",
+    with Tracker(cfg, run, STAGE, total=len(owned), done=len(owned) - len(todo), unit="episodes",
                  task=task if num_tasks > 1 else None) as tracker, StopFlag() as stop:
 
         def commit(played) -> None:
@@ -84,12 +82,11 @@ def collect(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1)
 
         # an interrupted episode is dropped and replayed identically on the rerun
         play(cfg.env, policy, (collect_job(cfg, k) for k in todo), commit, batch=batch, record=True, stop=stop, envs=envs)
-    return {"episodes": len(owned), "collected": len(todo)}
+    return f"collect: {len(owned)} episodes in {store.path} ({len(todo)} collected now)"
 
 
 def collect_job(cfg: Config, k: int):
-    """Episode k of the dataset: seeded from (run seed, k), with its own policy stream."""
-    from worldmodels.envs import episode_rng, episode_seed
+    """Episode k of the dataset: its environment and its policy each draw from a stream of their own."""
     from worldmodels.rollout import Episode
 
-    return Episode(k, episode_seed(cfg.seed, k), episode_rng(cfg.seed, k, stream=1))
+    return Episode(k, seeds.seed(cfg, "collect.env", k), seeds.rng(cfg, "collect.policy", k))

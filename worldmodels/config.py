@@ -45,6 +45,7 @@ class CollectConfig:
     action_repeat_max: int = 10  # the random policy holds each action for 1..N agent steps
     envs_per_task: int = 1  # episodes a task plays in lockstep (one batched policy call per step)
     chunk_steps: int = 128  # steps per Zarr chunk along time (the read unit of the loaders)
+    seed: int | None = None  # seed of the episodes and the behaviour policy (default: the run seed)
 
     def __post_init__(self) -> None:
         _check(self.episodes >= 1, "collect.episodes", f"must be >= 1, got {self.episodes}")
@@ -83,6 +84,7 @@ class VAEConfig:
     block_chunks: int = 64  # frame chunks shuffled together in memory (bounds the loader's memory)
     loader_workers: int = 1  # threads reading the next blocks ahead
     compile: bool = False  # torch.compile the model (CUDA only)
+    seed: int | None = None  # seed of V's initialisation, batches and noise (default: the run seed)
 
     def __post_init__(self) -> None:
         _check(self.z_size >= 1, "vae.z_size", "must be >= 1")
@@ -120,6 +122,7 @@ class MDNRNNConfig:
     block_episodes: int = 64  # episodes shuffled together in memory
     loader_workers: int = 1  # threads reading the next blocks ahead
     tau: float = 1.15  # sampling temperature of dreams
+    seed: int | None = None  # seed of M's initialisation, batches and noise (default: the run seed)
 
     def __post_init__(self) -> None:
         for key in ("hidden", "gaussians", "seq_len", "batch_size", "steps", "block_episodes", "loader_workers"):
@@ -144,6 +147,7 @@ class ControllerConfig:
     rescore_every: int = 25  # re-score the mean in the real game every G generations (0: never)
     rescore_rollouts: int = 64  # episodes of that re-scoring
     dream_steps: int = 1000  # longest dream (steps)
+    seed: int | None = None  # seed of CMA-ES and of the training rollouts (default: the run seed)
 
     def __post_init__(self) -> None:
         _check(self.mode in ("real", "dream"), "controller.mode", f"must be real or dream, got {self.mode!r}")
@@ -162,6 +166,7 @@ class EvaluateConfig:
     controller: str = "best"  # which solution plays: "best" (best fitness seen) or "mean" (CMA-ES mean)
     videos: int = 3  # episodes recorded to eval/videos/*.mp4
     batch: int = 16  # episodes played in lockstep
+    seed: int | None = None  # seed of the evaluation episodes (default: the run seed)
 
     def __post_init__(self) -> None:
         _check(self.episodes >= 1, "evaluate.episodes", "must be >= 1")
@@ -199,6 +204,17 @@ class Config:
 
     def __post_init__(self) -> None:
         _check(self.seed >= 0, "seed", "must be >= 0")
+        for section in SEEDED:
+            own = getattr(self, section).seed
+            _check(own is None or own >= 0, f"{section}.seed", "must be >= 0")
+
+    def seed_of(self, section: str) -> int:
+        """The seed a stage's section draws from: its own `seed`, or the run seed when unset."""
+        own = getattr(self, section).seed
+        return self.seed if own is None else own
+
+
+SEEDED = ("collect", "vae", "mdnrnn", "controller", "evaluate")  # sections with a seed of their own
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -287,6 +303,15 @@ def _type_name(hint: Any) -> str:
 def load(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Resolve a preset file (with its `extends:` chain) and `key.sub=value` overrides."""
     data: dict[str, Any] = _read_preset(Path(path), seen=()) if path else {}
+    return _overridden(data, overrides)
+
+
+def override(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """`cfg` with `key.sub=value` overrides applied (checked like a preset's values)."""
+    return _overridden(to_dict(cfg), overrides)
+
+
+def _overridden(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> Config:
     for item in overrides:
         key, value = parse_override(item)
         _set_path(data, key, value)
@@ -356,12 +381,15 @@ def diff(saved: dict[str, Any], given: dict[str, Any], prefix: str = "") -> list
     return out
 
 
-def digest(cfg: Config) -> str:
-    """A short hash of the resolved config (stored in checkpoints and datasets)."""
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+def flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config data as {"section.key": value}."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def dump(cfg: Config) -> str:

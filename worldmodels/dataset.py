@@ -24,8 +24,10 @@ from typing import Any, Iterable
 import numpy as np
 
 from worldmodels.errors import DataError
+from worldmodels.zarr_internals import ChunkWriter
 
-FORMAT = "worldmodels.episodes/1"
+# /2: episodes drawn from worldmodels.seeds' named streams (/1 used the run seed directly)
+FORMAT = "worldmodels.episodes/2"
 INDEX = ("start", "length", "return", "seed")
 _INDEX_DTYPES = {"start": "int64", "length": "int64", "return": "float64", "seed": "uint64"}
 _SMALL_ROW_BYTES = 1024  # rows smaller than this are chunked one slot at a time
@@ -60,7 +62,7 @@ class EpisodeStore:
         self.slot: int = int(attrs["slot"])
         self.fields: dict[str, Field] = {k: Field(v["dtype"], tuple(v["shape"])) for k, v in attrs["fields"].items()}
         self._arrays: dict[str, Any] = {}  # opened once: each open reads the array's metadata file
-        self._writers: dict[str, _ChunkWriter] = {}
+        self._writers: dict[str, ChunkWriter] = {}
 
     # --- creating and opening ---------------------------------------------------------------
 
@@ -109,7 +111,12 @@ class EpisodeStore:
             group = zarr.open_group(str(path), mode=mode, zarr_format=3)
         except Exception as exc:  # zarr raises many types for a damaged store
             raise DataError(f"cannot open dataset {path}: {exc}") from None
-        if group.attrs.get("format") != FORMAT:
+        found = group.attrs.get("format")
+        if isinstance(found, str) and found.startswith(FORMAT.split("/")[0] + "/") and found != FORMAT:
+            raise DataError(f"{path} was written by another version of worldmodels (format {found}, this version "
+                            f"reads {FORMAT}: its episodes come from other random streams); collect it again "
+                            "in a new run directory")
+        if found != FORMAT:
             raise DataError(f"{path} is not a worldmodels episode dataset")
         return cls(path, group)
 
@@ -157,9 +164,9 @@ class EpisodeStore:
                 block = np.concatenate([block, np.zeros((chunk - len(block), *block.shape[1:]), block.dtype)])
             writer.write((start + offset) // chunk, block)
 
-    def _writer(self, name: str) -> "_ChunkWriter":
+    def _writer(self, name: str) -> ChunkWriter:
         if name not in self._writers:
-            self._writers[name] = _ChunkWriter(self.array(name))
+            self._writers[name] = ChunkWriter(self.array(name))
         return self._writers[name]
 
     def read_episode(self, k: int, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
@@ -181,48 +188,6 @@ class EpisodeStore:
             return self.array(name)[where]
         except Exception as exc:  # a damaged chunk surfaces as a codec or decode error
             raise DataError(f"{self.path}/{name}: cannot read {where!r}: {type(exc).__name__}: {exc}") from None
-
-
-class _ChunkWriter:
-    """Whole chunks of one array, written synchronously through the array's own codecs and store.
-
-    An episode commit is a dozen whole-chunk writes. Through zarr's array API each costs about
-    0.7 ms of event-loop round trips, thread hand-offs and read-modify-write checks, more than
-    compressing a 1.5 MB frame chunk. A whole chunk needs none of that: it is encoded by the
-    array's codecs' synchronous encoders (zarr.abc.codec.SupportsSyncCodec) and stored by the
-    store's set_sync, which writes a temporary file and renames it into place. The files are the
-    ones zarr writes; like zarr, a chunk that is all fill value (0) is not stored, and one that
-    an earlier, interrupted attempt left is removed.
-    """
-
-    def __init__(self, array: Any):
-        from zarr.abc.codec import ArrayBytesCodec, BytesBytesCodec, SupportsSyncCodec
-        from zarr.core.buffer import default_buffer_prototype
-
-        meta = array.async_array.metadata
-        # one chunk spec serves every codec of a plain array-to-bytes, bytes-to-bytes chain (the
-        # arrays this module creates); filters or sharding would need zarr's own pipeline
-        first, *rest = meta.codecs
-        if not (isinstance(first, ArrayBytesCodec) and all(isinstance(c, BytesBytesCodec) for c in rest)
-                and all(isinstance(c, SupportsSyncCodec) for c in meta.codecs)):
-            raise DataError(f"{array.store_path}: codecs {[type(c).__name__ for c in meta.codecs]} are not "
-                            "ones this dataset writes (bytes, then compressors)")
-        self._meta, self._path = meta, array.async_array.store_path
-        self._spec = meta.get_chunk_spec((0,) * len(array.shape), array.config, default_buffer_prototype())
-        self.rows: int = array.chunks[0]
-
-    def write(self, index: int, block: np.ndarray) -> None:
-        """Store `block`, a whole chunk, as chunk `index` along the first axis."""
-        if block.shape != self._spec.shape:
-            raise ValueError(f"a chunk of shape {block.shape} for chunks of {self._spec.shape}")
-        where = self._path / self._meta.encode_chunk_key((index,) + (0,) * (block.ndim - 1))
-        if not block.view(np.uint8).any():  # all bytes zero: the fill value, bit for bit
-            where.delete_sync()
-            return
-        value = self._spec.prototype.nd_buffer.from_numpy_array(block)
-        for codec in self._meta.codecs:
-            value = codec._encode_sync(value, self._spec)
-        where.set_sync(value)
 
 
 def _first_difference(a: dict[str, Any], b: dict[str, Any]) -> str:

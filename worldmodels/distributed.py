@@ -1,4 +1,5 @@
-"""The process group a stage runs in: MPI ranks when launched by mpirun/srun, else one process.
+"""How a stage's work is split: tasks owning disjoint episodes, and the process group a stage runs
+in (MPI ranks when launched by mpirun/srun, else one process).
 
 Only what CMA-ES needs: rank, size, broadcast, gather, barrier, abort. Under MPI these are
 mpi4py's (Debian's OpenMPI; `srun --mpi=pmix` on Slurm); a plain `python -m worldmodels`
@@ -61,6 +62,15 @@ class Mpi:
 
 def world() -> Single | Mpi:
     return Mpi() if launched_by_mpi() else Single()
+
+
+def task_episodes(episodes: int, task: int, num_tasks: int) -> range:
+    """The episodes task `task` of `num_tasks` owns (strided, so tasks get similar amounts)."""
+    from worldmodels.errors import ConfigError
+
+    if num_tasks < 1 or not 0 <= task < num_tasks:
+        raise ConfigError(f"task {task} is not one of 0..{num_tasks - 1}")
+    return range(task, episodes, num_tasks)
 
 
 def share(items: int, rank: int, size: int) -> range:

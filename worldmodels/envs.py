@@ -38,16 +38,6 @@ def game_of(env_id: str) -> str:
     return game
 
 
-def episode_seed(run_seed: int, episode: int) -> int:
-    """The environment seed of episode `episode` of a run: anyone who collects it gets the same frames."""
-    return int(np.random.SeedSequence([run_seed, episode]).generate_state(1, np.uint32)[0])
-
-
-def episode_rng(run_seed: int, episode: int, stream: int) -> np.random.Generator:
-    """An independent random stream of an episode, one per consumer (stream 1: the behaviour policy)."""
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([run_seed, episode, stream])))
-
-
 class AtariEnv(gym.Env):
     """One Atari game as a gymnasium env (so gymnasium's wrappers, e.g. RecordVideo, apply).
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from worldmodels import rundir
+from worldmodels import seeds
 from worldmodels.checkpoint import Checkpointer
 from worldmodels.config import Config
 from worldmodels.controller import WorldModelPolicy, act, controller_size, unflatten
@@ -31,41 +31,24 @@ from worldmodels.distributed import share, world
 from worldmodels.envs import EnvPool
 from worldmodels.errors import DataError, Interrupted
 from worldmodels.preemption import StopFlag
+from worldmodels.rundir import RunDir
 from worldmodels.tracking import Tracker, log
 
 STAGE = "train-controller"
 
 
-def load_world_model(cfg: Config, run_dir: str | Path):
-    """This run's finished V and M on `train.device` (a clear error when either is missing)."""
-    from worldmodels.encode import load_vae, vae_checkpoint
-    from worldmodels.train_mdnrnn import load_mdnrnn
-    from worldmodels.training import select_device
-
-    device = select_device(cfg.train.device)
-    return load_vae(cfg, vae_checkpoint(cfg, run_dir), device), load_mdnrnn(cfg, run_dir).to(device)
-
-
-def rollout_seed(cfg: Config, purpose: int, generation: int, rollout: int) -> int:
-    """Environment seed of a training rollout: shared by every candidate of a generation."""
-    return int(np.random.SeedSequence([cfg.seed, purpose, generation, rollout]).generate_state(1, np.uint32)[0])
-
-
-TRAIN, RESCORE, DREAM = 10, 11, 12  # seed purposes, kept apart from collection (episode seeds)
-CMA = 5  # the seed purpose of CMA-ES's own sampler
-
-
 def real_returns(cfg: Config, vae, mdnrnn, params: np.ndarray, jobs: list[tuple[int, int]], generation: int,
-                 purpose: int, stop: StopFlag | None, envs: EnvPool | None = None) -> np.ndarray:
-    """Returns of (candidate, rollout) episodes in the real game, played in lockstep batches
-    (in `envs`, when given: a pool kept from generation to generation)."""
+                 stream: str, stop: StopFlag | None, envs: EnvPool | None = None) -> np.ndarray:
+    """Returns of (candidate, rollout) episodes in the real game, played in lockstep batches (in
+    `envs`, when given: a pool kept from generation to generation); rollout r of a generation is
+    the same game for every candidate, seeded from `stream` (controller.train or controller.rescore)."""
     from worldmodels.rollout import Episode, play
 
     if not jobs:
         return np.zeros(0)
     batch = min(cfg.controller.batch, len(jobs))
     policy = WorldModelPolicy(vae, mdnrnn, torch.from_numpy(params), batch=batch)
-    episodes = [Episode(i, rollout_seed(cfg, purpose, generation, r), tag=c) for i, (c, r) in enumerate(jobs)]
+    episodes = [Episode(i, seeds.seed(cfg, stream, generation, r), tag=c) for i, (c, r) in enumerate(jobs)]
     out = np.zeros(len(jobs))
 
     def done(played) -> None:
@@ -92,7 +75,7 @@ def dream_returns(cfg: Config, mdnrnn, starts: np.ndarray, params: np.ndarray, j
     device = next(mdnrnn.parameters()).device
     cand = torch.tensor([j[0] for j in jobs], device=device)
     roll = torch.tensor([j[1] for j in jobs], device=device)
-    g = torch.Generator().manual_seed(rollout_seed(cfg, DREAM, generation, 0))
+    g = torch.Generator().manual_seed(seeds.seed(cfg, "controller.dream", generation))
     z_size, steps, R = cfg.vae.z_size, c.dream_steps, c.rollouts
     start = torch.from_numpy(starts)[torch.randint(len(starts), (R,), generator=g)]  # [R, 2, z]
     z = (start[:, 0] + torch.exp(0.5 * start[:, 1]) * torch.randn(R, z_size, generator=g)).to(device)[roll]
@@ -116,29 +99,18 @@ def dream_returns(cfg: Config, mdnrnn, starts: np.ndarray, params: np.ndarray, j
     return total.double().cpu().numpy()
 
 
-def start_latents(run_dir: str | Path, limit: int = 1000) -> np.ndarray:
-    """(mu, logvar) [N, 2, z] of the first frames of up to `limit` episodes: where dreams begin."""
-    from worldmodels.encode import latents_path
-    from worldmodels.dataset import EpisodeStore
-
-    store = EpisodeStore.open(latents_path(run_dir))
-    rows = [store.read_episode(int(k), ["mu", "logvar"]) for k in store.complete()[:limit]]
-    if not rows:
-        raise DataError(f"{store.path} has no encoded episode to start dreams from (run encode first)")
-    return np.stack([np.stack([r["mu"][0], r["logvar"][0]]) for r in rows])
-
-
 def es_bytes(es) -> torch.Tensor:
     """The pickled CMA-ES as a uint8 tensor: torch.save writes a tensor's bytes as they are,
     while a 50 MB `bytes` object (full covariance at N=1,734) costs it 0.4 s per generation."""
     return torch.frombuffer(bytearray(es.pickle_dumps()), dtype=torch.uint8)
 
 
-def train_controller(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
-    """Run CMA-ES to cfg.controller.generations (resuming from the newest checkpoint)."""
+def train_controller(cfg: Config, run_dir: str | Path) -> str:
+    """Run CMA-ES to cfg.controller.generations (resuming from the newest checkpoint); returns a
+    line for people (empty on the ranks other than the master)."""
     group = world()
     try:
-        return _train(cfg, Path(run_dir), group)
+        summary = _train(cfg, RunDir(run_dir), group)
     except (Interrupted, KeyboardInterrupt):
         raise
     except BaseException:
@@ -146,20 +118,20 @@ def train_controller(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
             log.exception("train-controller: rank %d failed; aborting every rank", group.rank)
             group.abort(1)
         raise
+    if group.rank != 0:  # the master speaks for every rank
+        return ""
+    return f"train-controller: finished at generation {summary['generation']}, best fitness {summary['best_fitness']:.1f}"
 
 
-def _train(cfg: Config, run_dir: Path, group) -> dict[str, Any]:
+def _train(cfg: Config, run: RunDir, group) -> dict[str, Any]:
     import cma
 
     c = cfg.controller
-    if group.rank == 0:
-        rundir.prepare(run_dir, cfg)
-    group.barrier()
-    vae, mdnrnn = load_world_model(cfg, run_dir)
+    vae, mdnrnn = run.load_world_model(cfg)
     size = controller_size(cfg.vae.z_size, mdnrnn.hidden, mdnrnn.actions)
-    starts = start_latents(run_dir) if c.mode == "dream" else None
+    starts = run.start_latents() if c.mode == "dream" else None
     workers = list(range(group.size)) if c.master_evaluates or group.size == 1 else list(range(1, group.size))
-    ckpt = Checkpointer(rundir.checkpoint_dir(run_dir, STAGE), every_steps=1, every_s=1e9, keep=cfg.train.keep_checkpoints)
+    ckpt = Checkpointer(run.checkpoints(STAGE), every_steps=1, every_s=1e9, keep=cfg.train.keep_checkpoints)
 
     state = None
     if group.rank == 0:
@@ -174,7 +146,7 @@ def _train(cfg: Config, run_dir: Path, group) -> dict[str, Any]:
             log.info("train-controller: resuming after generation %d", state["generation"])
         else:
             es = cma.CMAEvolutionStrategy(np.zeros(size), c.sigma0, {
-                "popsize": c.popsize, "seed": int(np.random.SeedSequence([cfg.seed, CMA]).generate_state(1)[0]) % 2**31 + 1,
+                "popsize": c.popsize, "seed": seeds.seed(cfg, "controller.cma") % 2**31 + 1,
                 "CMA_diagonal": c.diagonal, "verbose": -9, "maxiter": 10**9, "tolflatfitness": 10**9,
                 "tolfun": 0, "tolx": 0, "tolstagnation": 10**9})
             state = {"generation": 0, "history": [], "best": np.zeros(size), "best_fitness": -np.inf}
@@ -182,7 +154,7 @@ def _train(cfg: Config, run_dir: Path, group) -> dict[str, Any]:
                  f"{size:,}", c.popsize, c.rollouts, c.mode, group.size)
     generation = group.bcast(state["generation"] if state else None)
 
-    tracker = Tracker(cfg, run_dir, STAGE, total=c.generations, done=generation, unit="generations") if group.rank == 0 else None
+    tracker = Tracker(cfg, run, STAGE, total=c.generations, done=generation, unit="generations") if group.rank == 0 else None
     envs = EnvPool(cfg.env)  # this rank's environments, loaded once for every generation
     with tracker or contextlib.nullcontext(), StopFlag() as stop:
         while generation < c.generations:
@@ -190,12 +162,13 @@ def _train(cfg: Config, run_dir: Path, group) -> dict[str, Any]:
                 raise Interrupted(stop.signum or signal.SIGTERM)  # every rank, together
             solutions = group.bcast(np.asarray(es.ask()) if group.rank == 0 else None)
             jobs = [(p, r) for p in range(len(solutions)) for r in range(c.rollouts)]
-            returns = _evaluate_share(cfg, group, workers, vae, mdnrnn, starts, solutions, jobs, generation, TRAIN, stop, envs)
+            returns = _evaluate_share(cfg, group, workers, vae, mdnrnn, starts, solutions, jobs, generation,
+                                      "controller.train", stop, envs)
             rescored = None
             if c.rescore_every and (generation + 1) % c.rescore_every == 0:
                 mean = group.bcast(np.asarray(es.mean)[None] if group.rank == 0 else None)
                 rescored = _evaluate_share(cfg, group, workers, vae, mdnrnn, None, mean, [(0, r) for r in range(c.rescore_rollouts)],
-                                           generation, RESCORE, stop, envs, mode="real")
+                                           generation, "controller.rescore", stop, envs, mode="real")
             if group.rank == 0:
                 fitness = returns.reshape(len(solutions), c.rollouts).mean(axis=1)
                 es.tell(list(solutions), list(-fitness))  # cma minimises
@@ -218,11 +191,11 @@ def _train(cfg: Config, run_dir: Path, group) -> dict[str, Any]:
         return {"generation": generation}
     from worldmodels.plots import plot_fitness
 
-    plot_fitness(run_dir, state["history"])
+    plot_fitness(run, state["history"])
     return {"generation": generation, "best_fitness": state["best_fitness"]}
 
 
-def _evaluate_share(cfg: Config, group, workers: list[int], vae, mdnrnn, starts, solutions, jobs, generation, purpose,
+def _evaluate_share(cfg: Config, group, workers: list[int], vae, mdnrnn, starts, solutions, jobs, generation, stream,
                     stop, envs: EnvPool, mode: str | None = None) -> np.ndarray | None:
     """Each evaluating rank plays its contiguous share of `jobs`; rank 0 gets all returns in order."""
     mine: list[tuple[int, int]] = []
@@ -231,6 +204,6 @@ def _evaluate_share(cfg: Config, group, workers: list[int], vae, mdnrnn, starts,
     if (mode or cfg.controller.mode) == "dream":
         returns = dream_returns(cfg, mdnrnn, starts, solutions, mine, generation)
     else:
-        returns = real_returns(cfg, vae, mdnrnn, solutions, mine, generation, purpose, stop if group.size == 1 else None, envs)
+        returns = real_returns(cfg, vae, mdnrnn, solutions, mine, generation, stream, stop if group.size == 1 else None, envs)
     gathered = group.gather(returns)
     return np.concatenate(gathered) if group.rank == 0 else None

@@ -27,9 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
 import numpy as np
-from zarr.core.buffer import default_buffer_prototype
 
 from worldmodels.dataset import EpisodeStore
+from worldmodels.zarr_internals import read_into
 
 Batch = dict[str, np.ndarray]
 Empty = Callable[[tuple[int, ...], np.dtype], np.ndarray]
@@ -159,14 +159,12 @@ def frame_loader(store: EpisodeStore, *, batch_size: int, block_units: int, seed
         start, length = int(k) * store.slot, int(lengths[k])
         units += [(start + c, min(chunk, length - c)) for c in range(0, length, chunk)]
 
-    as_buffer = default_buffer_prototype().nd_buffer.from_numpy_array
-
     def read(selected: list[int], empty: Empty) -> list[Batch]:
         parts = []
         for u in selected:
             first, rows = units[u]
             out = empty((chunk, *frames.shape[1:]), frames.dtype)[:rows]
-            frames.get_basic_selection(slice(first, first + rows), out=as_buffer(out))
+            read_into(frames, slice(first, first + rows), out)
             parts.append({"frames": out})
         return parts
 

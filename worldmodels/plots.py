@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from worldmodels.rundir import atomic_write
+from worldmodels.files import atomic_write
+from worldmodels.rundir import RunDir
 
-REPORT = "report"
 
-
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -21,12 +20,12 @@ def _pyplot():
     return plt
 
 
-def plot_losses(run_dir: str | Path, stage: str) -> Path:
+def plot_losses(run: RunDir, stage: str) -> Path:
     """report/STAGE-loss.png: every logged loss term of a training stage against the step."""
     from worldmodels.training import MetricsLog
 
-    plt = _pyplot()
-    records = MetricsLog.read(Path(run_dir) / "logs" / f"{stage}.jsonl")
+    plt = pyplot()
+    records = MetricsLog.read(run.metrics_log(stage))
     keys = [k for k in records[0] if k not in ("step", "grad_norm")] if records else []
     fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(4 * max(len(keys), 1), 3), squeeze=False)
     steps = [r["step"] for r in records]
@@ -35,7 +34,7 @@ def plot_losses(run_dir: str | Path, stage: str) -> Path:
         ax.set_title(f"{stage} {key}")
         ax.set_xlabel("step")
     fig.tight_layout()
-    return _save(fig, run_dir, f"{stage}-loss.png")
+    return _save(fig, run, f"{stage}-loss.png")
 
 
 def image_grid(rows: list[np.ndarray]) -> np.ndarray:
@@ -49,16 +48,16 @@ def image_grid(rows: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def save_image(run_dir: str | Path, name: str, image: np.ndarray, title: str) -> Path:
-    plt = _pyplot()
+def save_image(run: RunDir, name: str, image: np.ndarray, title: str) -> Path:
+    plt = pyplot()
     fig = plt.figure(figsize=(image.shape[1] / 50, image.shape[0] / 50 + 0.4))
     plt.imshow(image, interpolation="nearest")
     plt.axis("off")
     plt.title(title, fontsize=8)
-    return _save(fig, run_dir, name)
+    return _save(fig, run, name)
 
 
-def plot_reconstructions(run_dir: str | Path, vae, store, count: int = 8) -> Path:
+def plot_reconstructions(run: RunDir, vae, store, count: int = 8) -> Path:
     """report/vae-reconstructions.png: frames from several episodes (top) and V's reconstructions."""
     import torch
 
@@ -74,15 +73,18 @@ def plot_reconstructions(run_dir: str | Path, vae, store, count: int = 8) -> Pat
     with torch.no_grad():
         mu, _ = vae.encode(to_input(torch.from_numpy(frames)))
         recon = (vae.decode(mu).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-    return save_image(run_dir, "vae-reconstructions.png", image_grid([frames, recon]),
+    return save_image(run, "vae-reconstructions.png", image_grid([frames, recon]),
                       "frames (top) and VAE reconstructions (bottom)")
 
 
-def _save(fig, run_dir: str | Path, name: str) -> Path:
-    """Save as PNG atomically: a kill mid-write, or two evaluate tasks finishing together,
+def _save(fig, run: RunDir, name: str) -> Path:
+    return save_figure(fig, run.report_dir / name)
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Save as a PNG atomically: a kill mid-write, or two evaluate tasks finishing together,
     never leave a torn image."""
-    plt = _pyplot()
-    path = Path(run_dir) / REPORT / name
+    plt = pyplot()
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
@@ -90,16 +92,16 @@ def _save(fig, run_dir: str | Path, name: str) -> Path:
     return path
 
 
-def plot_dreams(cfg, run_dir: str | Path, mdnrnn, latents, count: int = 4, steps: int = 12) -> Path:
+def plot_dreams(cfg, run: RunDir, mdnrnn, latents, count: int = 4, steps: int = 12) -> Path:
     """report/mdnrnn-dreams.png: per row, real frames decoded by V (odd rows) and the frames M
     dreams from the same start and actions at temperature mdnrnn.tau (even rows)."""
     import torch
 
-    from worldmodels.encode import load_vae, vae_checkpoint
+    from worldmodels import seeds
     from worldmodels.mdnrnn import draws, sample_next
 
-    vae = load_vae(cfg, vae_checkpoint(cfg, run_dir), torch.device("cpu"))
-    generator = torch.Generator().manual_seed(cfg.seed)
+    vae = run.load_vae(cfg)
+    generator = torch.Generator().manual_seed(seeds.seed(cfg, "mdnrnn.dreams"))
     rows = []
     episodes = latents.complete()
     with torch.no_grad():
@@ -115,13 +117,13 @@ def plot_dreams(cfg, run_dir: str | Path, mdnrnn, latents, count: int = 4, steps
                 dream.append(z[0, 0])
             for zs in (real, torch.stack(dream)):
                 rows.append((vae.decode(zs).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8))
-    return save_image(run_dir, "mdnrnn-dreams.png", image_grid(rows),
+    return save_image(run, "mdnrnn-dreams.png", image_grid(rows),
                       f"V's decoding of real latents (odd rows) and M's dream from the same start (even rows), tau={cfg.mdnrnn.tau}")
 
 
-def plot_fitness(run_dir: str | Path, history: list[dict]) -> Path:
+def plot_fitness(run: RunDir, history: list[dict]) -> Path:
     """report/controller-fitness.png: best, mean and worst fitness of each CMA-ES generation."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     gens = [h["generation"] for h in history]
     for key in ("best", "mean", "worst"):
@@ -133,12 +135,12 @@ def plot_fitness(run_dir: str | Path, history: list[dict]) -> Path:
     ax.set_ylabel("mean return over rollouts")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, run_dir, "controller-fitness.png")
+    return _save(fig, run, "controller-fitness.png")
 
 
-def plot_scores(run_dir: str | Path, results: dict) -> Path:
+def plot_scores(run: RunDir, results: dict) -> Path:
     """report/eval-scores.png: histogram of episode scores, controller against every baseline."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     series = {"controller": results["scores"], "random": results["random"]["scores"],
               **{name: r["scores"] for name, r in results["heuristics"].items()}}
@@ -150,4 +152,4 @@ def plot_scores(run_dir: str | Path, results: dict) -> Path:
     ax.set_ylabel("episodes")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, run_dir, "eval-scores.png")
+    return _save(fig, run, "eval-scores.png")

@@ -4,30 +4,16 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from worldmodels import rundir
 from worldmodels.checkpoint import latest_step
 from worldmodels.config import Config, dump
 from worldmodels.errors import ConfigError, DataError
-from worldmodels.plots import REPORT
-
-FIGURES = [
-    ("train-vae-loss.png", "V: VAE training loss"),
-    ("vae-reconstructions.png", "V: frames and their reconstructions"),
-    ("train-mdnrnn-loss.png", "M: MDN-RNN training loss"),
-    ("mdnrnn-dreams.png", "M: dreams decoded by V"),
-    ("controller-fitness.png", "C: CMA-ES fitness per generation"),
-    ("eval-scores.png", "Evaluation: controller against the baselines"),
-]
-MODELS = ("vae", "mdnrnn", "controller")
-
-
-def _results(run_dir: Path) -> dict | None:
-    path = run_dir / "eval" / "results.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+from worldmodels.files import atomic_write
+from worldmodels.rundir import CHECKPOINTS, RunDir
 
 
 def _score_rows(results: dict) -> list[tuple[str, float, float]]:
@@ -36,34 +22,40 @@ def _score_rows(results: dict) -> list[tuple[str, float, float]]:
     return rows + [(name.replace("_", " "), r["mean"], r["std"]) for name, r in results["heuristics"].items()]
 
 
-def write_report(cfg: Config, run_dir: str | Path) -> Path:
-    """report/index.html: every picture the stages left, the scores, the videos and the config."""
+def write_report(cfg: Config, run_dir: str | Path) -> str:
+    """report/index.html: every picture the stages left, the scores, the videos and the config.
+    Returns a line for people."""
+    from worldmodels.stages import STAGES
     from worldmodels.status import run_status
 
-    run_dir = rundir.prepare(run_dir, cfg)
-    report = run_dir / REPORT
+    run = RunDir(run_dir)
+    report = run.report_dir
     report.mkdir(parents=True, exist_ok=True)
-    parts = [f"<h1>World Models: {html.escape(cfg.env.id)}</h1>", f"<p>Run directory <code>{html.escape(str(run_dir.resolve()))}</code></p>"]
-    results = _results(run_dir)
+    parts = [f"<h1>World Models: {html.escape(cfg.env.id)}</h1>", f"<p>Run directory <code>{html.escape(str(run.path.resolve()))}</code></p>"]
+    results = run.results()
     if results:
         rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{m:.1f}</td><td>{s:.1f}</td></tr>" for n, m, s in _score_rows(results))
         parts.append(f"<h2>Scores over {results['episodes']} episodes (same seeds for every policy)</h2>"
                      f"<table border=1 cellpadding=4><tr><th>policy</th><th>mean</th><th>std</th></tr>{rows}</table>")
-    videos = sorted((run_dir / "eval" / "videos").glob("*.mp4"))
+    videos = sorted(run.videos.glob("*.mp4"))
     if videos:
-        links = "".join(f'<li><a href="../eval/videos/{v.name}">{v.name}</a></li>' for v in videos)
+        links = "".join(f'<li><a href="{html.escape(os.path.relpath(v, report))}">{v.name}</a></li>' for v in videos)
         parts.append(f"<h2>Videos</h2><ul>{links}</ul>")
-    for name, title in FIGURES:
-        if (report / name).is_file():
-            parts.append(f'<h2>{html.escape(title)}</h2><img src="{name}" alt="{html.escape(title)}">')
-    status = run_status(run_dir)["stages"]
+    for stage in STAGES.values():
+        for name, title in stage.figures:
+            made = run.figure(stage.name, name)
+            if made.is_file() and made != report / name:  # a reused stage's picture, from the run that made it
+                shutil.copy(made, report / name)
+            if (report / name).is_file():
+                parts.append(f'<h2>{html.escape(title)}</h2><img src="{name}" alt="{html.escape(title)}">')
+    status = run_status(run.path)["stages"]
     rows = "".join(f"<tr><td>{n}</td><td>{s['state']}</td><td>{html.escape(json.dumps({k: v for k, v in s.items() if k != 'state'}))}</td></tr>"
                    for n, s in status.items())
     parts.append(f"<h2>Stages</h2><table border=1 cellpadding=4>{rows}</table>")
     parts.append(f"<h2>Config</h2><pre>{html.escape(dump(cfg))}</pre>")
     page = "<!doctype html><html><head><meta charset=utf-8><title>World Models report</title></head><body>" + "\n".join(parts) + "</body></html>"
-    rundir.atomic_write(report / "index.html", page.encode())
-    return report / "index.html"
+    atomic_write(report / "index.html", page.encode())
+    return f"report: {report / 'index.html'}"
 
 
 def model_card(cfg: Config, results: dict | None) -> str:
@@ -84,36 +76,38 @@ def model_card(cfg: Config, results: dict | None) -> str:
     return "\n".join(lines)
 
 
-def stage_folder(cfg: Config, run_dir: Path, folder: Path) -> Path:
+def stage_folder(cfg: Config, run: RunDir, folder: Path) -> Path:
     """Lay out what push uploads: models, results, report, config and a model card."""
     (folder / "models").mkdir(parents=True, exist_ok=True)
-    for name in MODELS:
-        directory = rundir.checkpoint_dir(run_dir, name)
+    for stage, name in CHECKPOINTS.items():
+        directory = run.checkpoints(stage)
         step = latest_step(directory)
         if step is None:
             raise DataError(f"nothing to push: no {name} checkpoint in {directory}")
         shutil.copy(directory / f"step-{step:09d}.pt", folder / "models" / f"{name}.pt")
-    results = _results(run_dir)
+    results = run.results()
     if results:
         (folder / "results.json").write_text(json.dumps(results, indent=1))
-    if (run_dir / REPORT).is_dir():
-        shutil.copytree(run_dir / REPORT, folder / "report", dirs_exist_ok=True)
-    shutil.copy(run_dir / rundir.CONFIG_FILE, folder / "config.yaml")
+    if run.report_dir.is_dir():
+        shutil.copytree(run.report_dir, folder / "report", dirs_exist_ok=True)
+    shutil.copy(run.config_file, folder / "config.yaml")
     (folder / "README.md").write_text(model_card(cfg, results))
     return folder
 
 
 def push(cfg: Config, run_dir: str | Path, repo_id: str | None, dry_run: Path | None) -> str:
     """Upload the run to `repo_id` (token from HF_TOKEN), or with dry_run write the folder there."""
-    run_dir = rundir.prepare(run_dir, cfg)
+    run = RunDir(run_dir)
+    if not run.config_file.is_file():
+        raise DataError(f"nothing to push: {run.path} is not a run directory (no {run.config_file.name})")
     if dry_run is not None:
-        return str(stage_folder(cfg, run_dir, Path(dry_run)))
+        return str(stage_folder(cfg, run, Path(dry_run)))
     if not repo_id:
         raise ConfigError("push needs --repo-id (or --dry-run DIR)")
     from huggingface_hub import HfApi
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = stage_folder(cfg, run_dir, Path(tmp))
+        folder = stage_folder(cfg, run, Path(tmp))
         api = HfApi()
         api.create_repo(repo_id, exist_ok=True)
         commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload World Models run")

@@ -1,61 +1,140 @@
-"""The pipeline's stages: their order, which of them split into tasks, and the call behind each.
+"""The pipeline's stages, one record each: everything the CLI, `submit`, `status`, `report` and the
+tests know about a stage.
 
-The CLI, the Slurm job entries and `status` all name stages from here, and both ways of running
-one (in a terminal, or as a submitit job) go through `run_stage`, so a stage is wired in one
-place. `push` is not a pipeline stage: it runs from the CLI only, when a person asks for it.
+A record names the function that runs the stage, the stages it reads from, the config it depends
+on (which makes its identity, see worldmodels.identity), whether it splits into tasks or runs as
+MPI ranks, how much work it has, how far it has come, and the pictures it leaves for the report.
+Adding a stage is adding a record here (and the module that does the work). `push` is not a
+stage: it runs from the CLI only, when a person asks for it.
 """
 
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from worldmodels.config import Config
+from worldmodels.rundir import RunDir
 
-STAGES = ("collect", "train-vae", "encode", "train-mdnrnn", "train-controller", "evaluate", "report")
-TASK_STAGES = ("collect", "encode", "evaluate")  # split into tasks that own disjoint episodes (Slurm array jobs)
+Progress = Callable[[RunDir, Config], tuple[int, dict[str, Any]]]  # -> (units done, counters for status)
 
 
-def run_stage(stage: str, cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1) -> str:
-    """Run one stage (one task of it for TASK_STAGES) in-process; returns a line for people
-    (empty on the MPI ranks that only serve the master)."""
-    run_dir = Path(run_dir)
-    if stage == "collect":
-        from worldmodels.collect import collect, rollouts_path
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    help: str  # one line for --help and `make help`
+    entry: str  # "module:function", called as function(cfg, run_dir) or, for task stages, (cfg, run_dir, task, num_tasks)
+    units: Callable[[Config], int]  # how much work the stage has (episodes, steps, generations)
+    progress: Progress  # how much of it is done, read from the artifacts
+    upstream: tuple[str, ...] = ()  # stages whose artifacts it reads
+    config: tuple[str, ...] = ()  # config sections or keys its results depend on, beyond its upstream's
+    tasks: bool = False  # splits into tasks owning disjoint episodes (a Slurm array job)
+    mpi: bool = False  # runs as MPI ranks (one Slurm job of nodes x tasks under srun --mpi=pmix)
+    figures: tuple[tuple[str, str], ...] = ()  # pictures it leaves in report/: (file, title)
+    check: str = ""  # "module:function": checks the config can run (function(cfg)) before anything is written
 
-        summary = collect(cfg, run_dir, task=task, num_tasks=num_tasks)
-        return f"collect: {summary['episodes']} episodes in {rollouts_path(run_dir)} ({summary['collected']} collected now)"
-    if stage == "train-vae":
-        from worldmodels.train_vae import train_vae
+    def function(self) -> Callable[..., str]:
+        return _resolve(self.entry)
 
-        return f"train-vae: finished at step {train_vae(cfg, run_dir)}"
-    if stage == "encode":
-        from worldmodels.encode import encode, latents_path
+    def check_config(self, cfg: Config) -> None:
+        if self.check:
+            _resolve(self.check)(cfg)
 
-        summary = encode(cfg, run_dir, task=task, num_tasks=num_tasks)
-        return f"encode: {summary['episodes']} episodes in {latents_path(run_dir)} ({summary['encoded']} encoded now)"
-    if stage == "train-mdnrnn":
-        from worldmodels.train_mdnrnn import train_mdnrnn
 
-        return f"train-mdnrnn: finished at step {train_mdnrnn(cfg, run_dir)}"
-    if stage == "train-controller":
-        from worldmodels.evolution import train_controller
+def _resolve(entry: str) -> Callable[..., Any]:
+    module, name = entry.split(":")
+    return getattr(importlib.import_module(module), name)
 
-        summary = train_controller(cfg, run_dir)
-        if "best_fitness" not in summary:  # an MPI rank other than the master: the master speaks
-            return ""
-        return f"train-controller: finished at generation {summary['generation']}, best fitness {summary['best_fitness']:.1f}"
-    if stage == "evaluate":
-        from worldmodels.evaluate import evaluate
 
-        summary = evaluate(cfg, run_dir, task=task, num_tasks=num_tasks)
-        r = summary["results"]
-        if r is None:
-            return f"evaluate: {summary['episodes']} episodes scored; results.json waits for the other tasks"
-        best = max(h["mean"] for h in r["heuristics"].values())
-        return (f"evaluate: controller {r['mean']:.1f} +- {r['std']:.1f} over {r['episodes']} episodes; random "
-                f"{r['random']['mean']:.1f}; best heuristic {best:.1f} -> {run_dir / 'eval' / 'results.json'}")
-    if stage == "report":
-        from worldmodels.report import write_report
+# --- progress, read from each stage's artifacts ------------------------------------------------------
 
-        return f"report: {write_report(cfg, run_dir)}"
-    raise ValueError(f"unknown stage {stage!r}")
+
+def _episodes(path: Callable[[RunDir], Path]) -> Progress:
+    def progress(run: RunDir, cfg: Config) -> tuple[int, dict[str, Any]]:
+        from worldmodels.dataset import EpisodeStore
+
+        store = path(run)
+        lengths = EpisodeStore.open(store).lengths() if store.exists() else []
+        done = int((lengths > 0).sum()) if len(lengths) else 0
+        return done, {"episodes_done": done, "episodes_total": cfg.collect.episodes, "frames": int(sum(lengths))}
+
+    return progress
+
+
+def _steps(stage: str, total: Callable[[Config], int]) -> Progress:
+    def progress(run: RunDir, cfg: Config) -> tuple[int, dict[str, Any]]:
+        from worldmodels.checkpoint import latest_step
+
+        step = latest_step(run.checkpoints(stage)) or 0
+        return step, {"step": step, "total_steps": total(cfg)}
+
+    return progress
+
+
+def _generations(run: RunDir, cfg: Config) -> tuple[int, dict[str, Any]]:
+    from worldmodels.checkpoint import latest_step
+    from worldmodels.files import read_json
+
+    directory = run.checkpoints("train-controller")
+    generation = latest_step(directory) or 0
+    out: dict[str, Any] = {"generation": generation, "total_generations": cfg.controller.generations}
+    if generation:
+        out["best_fitness"] = (read_json(directory / f"step-{generation:09d}.json") or {}).get("best_fitness")
+    return generation, out
+
+
+def _evaluated(run: RunDir, cfg: Config) -> tuple[int, dict[str, Any]]:
+    results = run.results()
+    if results is None:
+        return 0, {}
+    return cfg.evaluate.episodes, {"mean": results["mean"], "std": results["std"]}
+
+
+def _reported(run: RunDir, cfg: Config) -> tuple[int, dict[str, Any]]:
+    return int((run.owner("report").report_dir / "index.html").is_file()), {}
+
+
+# --- the records -------------------------------------------------------------------------------------
+
+_RECORDS = (
+    Stage("collect", "play episodes with collect.policy into RUN_DIR/data/rollouts.zarr",
+          "worldmodels.collect:collect", units=lambda cfg: cfg.collect.episodes,
+          progress=_episodes(lambda run: run.rollouts), config=("seed", "env", "collect"), tasks=True,
+          check="worldmodels.collect:check"),
+    Stage("train-vae", "train V, the VAE, on the rollouts into RUN_DIR/checkpoints/vae",
+          "worldmodels.train_vae:train_vae", units=lambda cfg: cfg.vae.steps,
+          progress=_steps("train-vae", lambda cfg: cfg.vae.steps), upstream=("collect",), config=("vae",),
+          figures=(("train-vae-loss.png", "V: VAE training loss"),
+                   ("vae-reconstructions.png", "V: frames and their reconstructions"))),
+    Stage("encode", "encode every episode to mu/logvar in RUN_DIR/data/latents.zarr",
+          "worldmodels.encode:encode", units=lambda cfg: cfg.collect.episodes,
+          progress=_episodes(lambda run: run.latents), upstream=("train-vae",), config=("encode",), tasks=True),
+    Stage("train-mdnrnn", "train M, the MDN-RNN, on the latents into RUN_DIR/checkpoints/mdnrnn",
+          "worldmodels.train_mdnrnn:train_mdnrnn", units=lambda cfg: cfg.mdnrnn.steps,
+          progress=_steps("train-mdnrnn", lambda cfg: cfg.mdnrnn.steps), upstream=("encode",), config=("mdnrnn",),
+          figures=(("train-mdnrnn-loss.png", "M: MDN-RNN training loss"),
+                   ("mdnrnn-dreams.png", "M: dreams decoded by V"))),
+    # tau only shapes dreams: M's training does not depend on it, the controller's does
+    Stage("train-controller", "find C with CMA-ES (MPI ranks when under mpirun/srun) into RUN_DIR/checkpoints/controller",
+          "worldmodels.evolution:train_controller", units=lambda cfg: cfg.controller.generations,
+          progress=_generations, upstream=("train-mdnrnn",), config=("controller", "mdnrnn.tau"), mpi=True,
+          figures=(("controller-fitness.png", "C: CMA-ES fitness per generation"),)),
+    Stage("evaluate", "score C, the random policy and fixed heuristics into RUN_DIR/eval/results.json",
+          "worldmodels.evaluate:evaluate", units=lambda cfg: cfg.evaluate.episodes,
+          progress=_evaluated, upstream=("train-controller",), config=("evaluate",), tasks=True,
+          figures=(("eval-scores.png", "Evaluation: controller against the baselines"),)),
+    Stage("report", "write RUN_DIR/report/index.html from everything the run has made",
+          "worldmodels.report:write_report", units=lambda cfg: 1, progress=_reported, upstream=("evaluate",)),
+)
+STAGES: dict[str, Stage] = {stage.name: stage for stage in _RECORDS}  # in pipeline order
+
+
+def chain(name: str) -> list[str]:
+    """`name` and every stage it reads from, directly or not, in pipeline order."""
+    needed = {name}
+    for stage in reversed(_RECORDS):
+        if stage.name in needed:
+            needed.update(stage.upstream)
+    return [stage for stage in STAGES if stage in needed]

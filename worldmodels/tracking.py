@@ -12,12 +12,11 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from worldmodels import config as config_lib
-from worldmodels import rundir
 from worldmodels.config import Config
+from worldmodels.rundir import RunDir
 
 log = logging.getLogger("worldmodels")
 HEARTBEAT_S = 10.0  # how often the stage's state file is refreshed while it runs
@@ -39,10 +38,10 @@ class Tracker:
     Used as a context manager, it records how the stage ended: done, interrupted or failed.
     """
 
-    def __init__(self, cfg: Config, run_dir: str | Path, stage: str, *, total: int, unit: str,
+    def __init__(self, cfg: Config, run: RunDir, stage: str, *, total: int, unit: str,
                  done: int = 0, task: int | None = None):
         setup_logging()
-        self.cfg, self.run_dir, self.stage, self.task = cfg, Path(run_dir), stage, task
+        self.cfg, self.run, self.stage, self.task = cfg, run, stage, task
         self.total, self.unit, self.done = total, unit, done
         self.name = stage if task is None else f"{stage}[task {task}]"
         self._start = self._last_line = self._last_beat = time.monotonic()
@@ -53,7 +52,7 @@ class Tracker:
 
             self._bar = tqdm(total=total, initial=done, unit=f" {unit}", desc=self.name, dynamic_ncols=True)
         self._wandb = self._start_wandb()
-        rundir.write_state(run_dir, stage, "running", task, done=done, total=total)
+        run.write_state(stage, "running", task, done=done, total=total)
         log.info("%s: %d/%d %s already done", self.name, done, total, unit)
 
     def _start_wandb(self) -> Any:
@@ -63,11 +62,11 @@ class Tracker:
         os.environ.setdefault("WANDB_SILENT", "true")
         import wandb
 
-        directory = self.run_dir / "wandb"
+        directory = self.run.wandb_dir
         directory.mkdir(parents=True, exist_ok=True)
-        return wandb.init(project=self.cfg.logging.project, group=rundir.group_name(self.run_dir),
+        return wandb.init(project=self.cfg.logging.project, group=self.run.group_name(),
                           job_type=self.stage, name=self.name, dir=str(directory),
-                          id=rundir.run_id(self.run_dir, self.name), resume="allow",
+                          id=self.run.run_id(self.name), resume="allow",
                           config=config_lib.to_dict(self.cfg), reinit="create_new")
 
     def advance(self, n: int = 1, **metrics: float) -> None:
@@ -83,7 +82,7 @@ class Tracker:
             log.info("%s: %s", self.name, self._progress_line(now))
         if now - self._last_beat >= HEARTBEAT_S:
             self._last_beat = now
-            rundir.write_state(self.run_dir, self.stage, "running", self.task, done=self.done, total=self.total)
+            self.run.write_state(self.stage, "running", self.task, done=self.done, total=self.total)
 
     def log(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Send metrics to wandb at `step` (default: the progress count)."""
@@ -107,7 +106,7 @@ class Tracker:
         """Record the final state (done, interrupted, failed) and flush everything."""
         if self._bar is not None:
             self._bar.close()
-        rundir.write_state(self.run_dir, self.stage, state, self.task, done=self.done, total=self.total, **extra)
+        self.run.write_state(self.stage, state, self.task, done=self.done, total=self.total, **extra)
         log.info("%s: %s, %s", self.name, state, self._progress_line(time.monotonic()))
         if self._wandb is not None:
             self._wandb.finish(exit_code=0 if state == "done" else 1)

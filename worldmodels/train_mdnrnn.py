@@ -12,56 +12,30 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from worldmodels import rundir
+from worldmodels import seeds
 from worldmodels.config import Config
-from worldmodels.dataset import EpisodeStore
-from worldmodels.encode import latents_path
-from worldmodels.errors import DataError
 from worldmodels.loader import sequence_loader
 from worldmodels.mdnrnn import MDNRNN, mdn_nll
+from worldmodels.rundir import RunDir
 from worldmodels.tracking import log
-from worldmodels.training import Fit, autocast, fit, select_device
+from worldmodels.device import autocast, select_device
+from worldmodels.training import Fit, fit
 from worldmodels.vae import parameter_count
 
 STAGE = "train-mdnrnn"
 
 
-def finished_latents(cfg: Config, run_dir: str | Path) -> EpisodeStore:
-    store = EpisodeStore.open(latents_path(run_dir))
-    done = int((store.lengths() > 0).sum())
-    if done < store.num_episodes:
-        raise DataError(f"encode is not finished ({done}/{store.num_episodes} episodes in {store.path}); finish it first")
-    z_size = store.fields["mu"].shape[0]
-    if z_size != cfg.vae.z_size:
-        raise DataError(f"{store.path} holds latents of size {z_size}, the config says vae.z_size={cfg.vae.z_size}")
-    return store
-
-
 def build_mdnrnn(cfg: Config, actions: int, device: torch.device) -> MDNRNN:
-    torch.manual_seed(np.random.SeedSequence([cfg.seed, 2]).generate_state(1)[0])
+    torch.manual_seed(seeds.seed(cfg, "mdnrnn.init"))
     return MDNRNN(cfg.vae.z_size, actions, cfg.mdnrnn.hidden, cfg.mdnrnn.gaussians).to(device)
 
 
-def load_mdnrnn(cfg: Config, run_dir: str | Path) -> MDNRNN:
-    """This run's finished M, on the CPU, in eval mode."""
-    from worldmodels.checkpoint import finished_checkpoint, load_file
-    from worldmodels.training import load_model_state
-
-    path = finished_checkpoint(rundir.checkpoint_dir(run_dir, STAGE), cfg.mdnrnn.steps, STAGE)
-    state = load_file(path)
-    if int(state.get("z_size", -1)) != cfg.vae.z_size:
-        raise DataError(f"{path}: MDN-RNN checkpoint has z_size {state.get('z_size')}, the config says vae.z_size={cfg.vae.z_size}")
-    model = MDNRNN(cfg.vae.z_size, int(state["actions"]), cfg.mdnrnn.hidden, cfg.mdnrnn.gaussians)
-    load_model_state(model, state["model"], str(path))
-    return model.eval()
-
-
-def train_mdnrnn(cfg: Config, run_dir: str | Path) -> int:
-    """Train the MDN-RNN to cfg.mdnrnn.steps (resuming if checkpoints exist); returns the final step."""
+def train_mdnrnn(cfg: Config, run_dir: str | Path) -> str:
+    """Train the MDN-RNN to cfg.mdnrnn.steps (resuming if checkpoints exist); returns a line for people."""
     from worldmodels.envs import AtariEnv
 
-    run_dir = rundir.prepare(run_dir, cfg)
-    store = finished_latents(cfg, run_dir)
+    run = RunDir(run_dir)
+    store = run.finished_latents(cfg)
     device = select_device(cfg.train.device)
     actions = AtariEnv(cfg.env).num_actions
     model = build_mdnrnn(cfg, actions, device)
@@ -69,7 +43,7 @@ def train_mdnrnn(cfg: Config, run_dir: str | Path) -> int:
     log.info("train-mdnrnn: MDN-RNN with %s parameters (LSTM %d, %d Gaussians) on %s",
              f"{parameter_count(model):,}", m.hidden, m.gaussians, device)
     loader = sequence_loader(store, seq_len=m.seq_len, batch_size=m.batch_size, block_units=m.block_episodes,
-                             seed=cfg.seed, workers=m.loader_workers)
+                             seed=seeds.seed(cfg, "mdnrnn.batches"), workers=m.loader_workers)
 
     def loss(batch: dict[str, np.ndarray]):
         b = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()}
@@ -86,9 +60,9 @@ def train_mdnrnn(cfg: Config, run_dir: str | Path) -> int:
 
     job = Fit(STAGE, model, torch.optim.Adam(model.parameters(), lr=m.lr), loader.batches, loss, total_steps=m.steps,
               grad_clip=m.grad_clip, extra_state={"z_size": cfg.vae.z_size, "actions": actions})
-    step = fit(cfg, run_dir, job)
+    step = fit(cfg, run, job)
     from worldmodels.plots import plot_dreams, plot_losses
 
-    plot_losses(run_dir, STAGE)
-    plot_dreams(cfg, run_dir, model.cpu().eval(), store)
-    return step
+    plot_losses(run, STAGE)
+    plot_dreams(cfg, run, model.cpu().eval(), store)
+    return f"train-mdnrnn: finished at step {step}"

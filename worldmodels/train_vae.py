@@ -7,30 +7,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worldmodels import rundir
-from worldmodels.collect import rollouts_path
+from worldmodels import seeds
 from worldmodels.config import Config
 from worldmodels.dataset import EpisodeStore
-from worldmodels.errors import DataError
 from worldmodels.loader import frame_loader
+from worldmodels.rundir import RunDir
 from worldmodels.tracking import log
-from worldmodels.training import Fit, autocast, fit, select_device
+from worldmodels.device import autocast, select_device
+from worldmodels.training import Fit, fit
 from worldmodels.vae import ConvVAE, parameter_count, to_input, vae_loss
 
 STAGE = "train-vae"
 
 
-def finished_rollouts(run_dir: str | Path) -> EpisodeStore:
-    """The run's rollouts, refusing to train on a collection that is still incomplete."""
-    store = EpisodeStore.open(rollouts_path(run_dir))
-    done = int((store.lengths() > 0).sum())
-    if done < store.num_episodes:
-        raise DataError(f"collect is not finished ({done}/{store.num_episodes} episodes in {store.path}); finish it first")
-    return store
-
-
 def build_vae(cfg: Config, device: torch.device) -> ConvVAE:
-    torch.manual_seed(np.random.SeedSequence([cfg.seed, 1]).generate_state(1)[0])
+    torch.manual_seed(seeds.seed(cfg, "vae.init"))
     model = ConvVAE(cfg.vae.z_size).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -43,17 +34,17 @@ def mean_colour(store: EpisodeStore) -> torch.Tensor:
     return torch.from_numpy(frames.reshape(-1, 3).mean(axis=0) / 255.0)
 
 
-def train_vae(cfg: Config, run_dir: str | Path) -> int:
-    """Train the VAE to cfg.vae.steps (resuming if checkpoints exist); returns the final step."""
-    run_dir = rundir.prepare(run_dir, cfg)
-    store = finished_rollouts(run_dir)
+def train_vae(cfg: Config, run_dir: str | Path) -> str:
+    """Train the VAE to cfg.vae.steps (resuming if checkpoints exist); returns a line for people."""
+    run = RunDir(run_dir)
+    store = run.finished_rollouts()
     device = select_device(cfg.train.device)
     model = build_vae(cfg, device)
     model.init_output(mean_colour(store).to(device))  # a resumed run loads its weights over this
     log.info("train-vae: ConvVAE with %s parameters (z=%d) on %s", f"{parameter_count(model):,}", cfg.vae.z_size, device)
     forward = torch.compile(model) if cfg.vae.compile and device.type == "cuda" else model
     loader = frame_loader(store, batch_size=cfg.vae.batch_size, block_units=cfg.vae.block_chunks,
-                          seed=cfg.seed, workers=cfg.vae.loader_workers)
+                          seed=seeds.seed(cfg, "vae.batches"), workers=cfg.vae.loader_workers)
 
     def loss(batch: dict[str, np.ndarray]):
         x = to_input(torch.from_numpy(batch["frames"]).to(device, non_blocking=True))
@@ -67,9 +58,9 @@ def train_vae(cfg: Config, run_dir: str | Path) -> int:
 
     job = Fit(STAGE, model, torch.optim.Adam(model.parameters(), lr=cfg.vae.lr), loader.batches, loss,
               total_steps=cfg.vae.steps, extra_state={"z_size": cfg.vae.z_size})
-    step = fit(cfg, run_dir, job)
+    step = fit(cfg, run, job)
     from worldmodels.plots import plot_losses, plot_reconstructions
 
-    plot_losses(run_dir, STAGE)
-    plot_reconstructions(run_dir, model.cpu().eval(), store)
-    return step
+    plot_losses(run, STAGE)
+    plot_reconstructions(run, model.cpu().eval(), store)
+    return f"train-vae: finished at step {step}"

@@ -17,56 +17,29 @@ from typing import Any, Callable, Generator
 
 import torch
 
-from worldmodels import config as config_lib
 from worldmodels.checkpoint import Checkpointer, rng_state, set_rng_state
 from worldmodels.config import Config
-from worldmodels.errors import ConfigError, DataError, TrainingError
+from worldmodels.errors import DataError, TrainingError
 from worldmodels.preemption import StopFlag
-from worldmodels.rundir import atomic_write, checkpoint_dir
+from worldmodels.files import atomic_write
+from worldmodels.rundir import RunDir
 from worldmodels.tracking import Tracker
 
 log = logging.getLogger("worldmodels")
 
 
-def select_device(name: str) -> torch.device:
-    """"auto": CUDA when available, else CPU; "cuda" without a GPU is an error."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("config key 'train.device' is cuda but no CUDA device is available")
-    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (Hopper and Ampere run it at full speed); full precision on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def checkpointer(cfg: Config, run_dir: str | Path, stage: str) -> Checkpointer:
-    return Checkpointer(checkpoint_dir(run_dir, stage),
+def checkpointer(cfg: Config, run: RunDir, stage: str) -> Checkpointer:
+    return Checkpointer(run.checkpoints(stage),
                         every_steps=cfg.train.checkpoint_every_steps, every_s=cfg.train.checkpoint_every_s,
                         keep=cfg.train.keep_checkpoints)
-
-
-def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """load_state_dict with a one-line error naming the mismatch instead of a page of shapes."""
-    own = model.state_dict()
-    for name, tensor in state.items():
-        if name in own and own[name].shape != tensor.shape:
-            raise DataError(f"{source}: parameter {name} has shape {tuple(tensor.shape)}, the config needs "
-                            f"{tuple(own[name].shape)} (a model of another size?)")
-    missing, unexpected = set(own) - set(state), set(state) - set(own)
-    if missing or unexpected:
-        raise DataError(f"{source}: not a checkpoint of this model (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
-    model.load_state_dict(state)
 
 
 class MetricsLog:
     """RUN_DIR/logs/STAGE.jsonl, one line per logged step; truncated to the resumed step on restart
     so that an interrupted run's log ends identical to an uninterrupted one's."""
 
-    def __init__(self, run_dir: str | Path, stage: str, resume_step: int):
-        self.path = Path(run_dir) / "logs" / f"{stage}.jsonl"
+    def __init__(self, run: RunDir, stage: str, resume_step: int):
+        self.path = run.metrics_log(stage)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = [line for line in self.read(self.path) if line["step"] <= resume_step]
         atomic_write(self.path, "".join(json.dumps(line) + "\n" for line in kept).encode())
@@ -96,27 +69,30 @@ class Fit:
     extra_state: dict[str, Any] | None = None  # saved with every checkpoint (e.g. model sizes)
 
 
-def fit(cfg: Config, run_dir: str | Path, job: Fit) -> int:
+def fit(cfg: Config, run: RunDir, job: Fit) -> int:
     """Train `job.model` to `job.total_steps`, resuming from the newest good checkpoint; returns the step."""
-    ckpt = checkpointer(cfg, run_dir, job.stage)
+    from worldmodels.identity import digest, identity
+
+    ckpt = checkpointer(cfg, run, job.stage)
+    own = digest(identity(cfg, job.stage))
     step = 0
     state = ckpt.load_latest()
     if state is not None:
-        if state["config"] != config_lib.digest(cfg):
-            raise DataError(f"{ckpt.directory}: checkpoints were written with another config")
+        if state.get("identity") != own:
+            raise DataError(f"{ckpt.directory}: checkpoints were written for another identity of {job.stage}")
         load_model_state(job.model, state["model"], str(ckpt.directory))
         job.optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         step = int(state["step"])
         log.info("%s: resuming from step %d", job.stage, step)
-    metrics_log = MetricsLog(run_dir, job.stage, step)
+    metrics_log = MetricsLog(run, job.stage, step)
 
     def save() -> None:
         ckpt.save(step, {"step": step, "model": job.model.state_dict(), "optimizer": job.optimizer.state_dict(),
-                         "rng": rng_state(), "config": config_lib.digest(cfg), **(job.extra_state or {})})
+                         "rng": rng_state(), "identity": own, **(job.extra_state or {})})
 
     # closing the batches stops the loader's read-ahead threads however training ends
-    with Tracker(cfg, run_dir, job.stage, total=job.total_steps, done=step, unit="steps") as tracker, StopFlag() as stop, \
+    with Tracker(cfg, run, job.stage, total=job.total_steps, done=step, unit="steps") as tracker, StopFlag() as stop, \
             contextlib.closing(job.batches(step)) as batches:
         job.model.train()
         while step < job.total_steps:

@@ -1,0 +1,37 @@
+"""The two places that reach inside a dependency, and the layering that keeps the library apart."""
+
+import ast
+import subprocess
+import sys
+
+from conftest import ROOT, cli_env
+
+
+def test_zarr_still_has_what_zarr_internals_uses():
+    from worldmodels import zarr_internals
+
+    zarr_internals.check()  # a RuntimeError naming what an upgrade removed
+
+
+def test_submitit_still_has_what_submitit_internals_uses():
+    from jobs import submitit_internals
+
+    submitit_internals.check()
+
+
+def test_the_library_never_imports_the_job_layer_nor_the_command_line():
+    for path in sorted((ROOT / "worldmodels").glob("*.py")):
+        if path.name == "__main__.py":  # `python -m worldmodels` starts the command line
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            bad = [n for n in names if n.split(".")[0] in ("jobs", "cli", "submitit")]
+            assert not bad, f"{path.name} imports {bad}"
+    # and at run time: importing every module of the library loads neither
+    code = ("import pkgutil, importlib, sys, worldmodels\n"
+            "for m in pkgutil.iter_modules(worldmodels.__path__):\n"
+            "    if m.name != '__main__': importlib.import_module('worldmodels.' + m.name)\n"
+            "print(sorted(n for n in sys.modules if n.split('.')[0] in ('jobs', 'cli', 'submitit')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), check=True).stdout
+    assert out.strip() == "[]"

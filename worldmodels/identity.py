@@ -1,0 +1,164 @@
+"""A stage's identity: the config its results depend on. Resuming, refusing and branching rest on it.
+
+A stage's identity is its own config keys (the record's `config` in worldmodels.stages, a key
+belonging to the stage that names it most specifically) plus its upstream stages' identities, with
+stage seeds resolved (`controller.seed` unset means the run seed). Operational settings, which
+change how a stage runs but not what it produces on CPU, belong to no identity (OPERATIONAL): a run
+may resume with other values of them and ends with the same artifacts (the tests check each).
+
+The first start of a stage records its identity in RUN_DIR/stages/STAGE.json. Later starts must
+resolve to the same identity for every stage that has made something; a stage that made nothing
+yet simply takes the new values. With `--from BASE`, a stage whose identity equals BASE's finished
+one is recorded as reused from the run that made it (read-only, by reference, never copied) and is
+not run again; the first stage whose identity differs, and every stage after it, is the branch's own.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from worldmodels import config as config_lib
+from worldmodels.config import Config
+from worldmodels.errors import ConfigError, DataError
+from worldmodels.files import atomic_write
+from worldmodels.rundir import RunDir
+from worldmodels.stages import STAGES, chain
+
+# The version of the stage records and of the random streams behind every artifact (worldmodels.seeds):
+# a run of another version can neither be resumed nor branched from.
+RUN_FORMAT = 2
+
+OPERATIONAL = frozenset({
+    "train.device", "vae.compile",  # where the arithmetic runs (identical on CPU; see the README for GPUs)
+    "collect.envs_per_task", "encode.batch_size", "controller.batch", "evaluate.batch",  # lockstep batches
+    "vae.loader_workers", "mdnrnn.loader_workers",  # read-ahead threads
+    "controller.master_evaluates",  # which ranks play
+    "train.checkpoint_every_steps", "train.checkpoint_every_s", "train.keep_checkpoints",  # checkpoint cadence
+    "train.log_every_steps", "logging.every_s", "logging.wandb", "logging.project",  # logging and tracking
+})
+
+
+@functools.cache
+def own_keys(stage: str) -> tuple[str, ...]:
+    """The config keys that belong to `stage` (not to its upstream, and not operational)."""
+    keys = config_lib.flat(config_lib.to_dict(Config()))
+    out = []
+    for key in keys:
+        claims = [(len(prefix), name) for name, record in STAGES.items() for prefix in record.config
+                  if key == prefix or key.startswith(prefix + ".")]
+        if claims and max(claims)[1] == stage and key not in OPERATIONAL:
+            out.append(key)
+    return tuple(out)
+
+
+def identity(cfg: Config, stage: str) -> dict[str, Any]:
+    """{"section.key": value} of every key `stage`'s results depend on, its upstream's included."""
+    values = config_lib.flat(config_lib.to_dict(cfg))
+    out = {}
+    for name in chain(stage):
+        for key in own_keys(name):
+            section, _, leaf = key.rpartition(".")
+            out[key] = cfg.seed_of(section) if leaf == "seed" and section else values[key]
+    return out
+
+
+def digest(ident: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return [f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}"
+            for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+
+
+def begin(cfg: Config, run_dir: str | Path, stage: str, base: str | Path | None = None) -> RunDir:
+    """Open `run_dir` for `stage` under `cfg`: check (or record) the identity of the stage and of
+    every stage it reads from, reusing BASE's finished stages where they match; save the config."""
+    run = RunDir(run_dir)
+    base_run = _base(Path(base)) if base is not None else None
+    decided: dict[str, dict[str, Any]] = {}  # written only once every stage of the chain is accepted
+    for name in chain(stage):
+        record = _decide(cfg, run, name, base_run, decided)
+        if record is not None:
+            decided[name] = record
+    _writable(run.path)
+    for name, record in decided.items():
+        atomic_write(run.stage_record_file(name), json.dumps(record, indent=1).encode())
+    text = config_lib.dump(cfg)
+    if not run.config_file.is_file() or run.config_file.read_text() != text:
+        atomic_write(run.config_file, text.encode())
+    return run
+
+
+def _decide(cfg: Config, run: RunDir, name: str, base: RunDir | None,
+            decided: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The record `name` gets (None: the one it has stands), or a clear error."""
+    given = identity(cfg, name)
+    record = run.stage_record(name)
+    if record is not None and record.get("format") != RUN_FORMAT:
+        raise DataError(f"{run.path} was made by another version of worldmodels (run format {record.get('format')}, "
+                        f"this version writes {RUN_FORMAT}); start a new run directory")
+    if record is not None:
+        if record["identity"] == given:
+            return None
+        changed = "; ".join(differences(record["identity"], given))
+        if record.get("reused_from"):
+            raise ConfigError(f"{name} is reused from {record['reused_from']}, which ran it with other values ({changed}); "
+                              f"to run {name} with the new values, branch: --run-dir NEW --from {run.path}")
+        if started(run, name, cfg):
+            raise ConfigError(f"{name} in {run.path} was run with other values ({changed}); to run it with the new "
+                              f"values, branch into a new run directory: --run-dir NEW --from {run.path}")
+    reused_from = None
+    upstream_reused = all((decided[up] if up in decided else run.stage_record(up) or {}).get("reused_from")
+                          for up in STAGES[name].upstream)
+    if base is not None and upstream_reused:
+        theirs = base.stage_record(name)
+        if theirs is not None and theirs.get("format") != RUN_FORMAT:
+            raise DataError(f"--from {base.path}: made by another version of worldmodels (run format "
+                            f"{theirs.get('format')}, this version reads {RUN_FORMAT}); its datasets cannot be reused")
+        # a stage BASE has not started yet would have BASE's config as its identity
+        their_identity = theirs["identity"] if theirs is not None else identity(base.saved_config(), name)
+        if their_identity == given:
+            owner = base.owner(name)
+            if not finished(owner, name, cfg):
+                raise DataError(f"--from {base.path}: its {name} has this identity but is not finished; finish it "
+                                f"there first, or branch from a run where it is")
+            reused_from = str(owner.path.resolve())
+    return {"stage": name, "format": RUN_FORMAT, "identity": given, "digest": digest(given),
+            "reused_from": reused_from, "decided": time.time()}
+
+
+def started(run: RunDir, name: str, cfg: Config) -> bool:
+    """Whether the stage has made anything in this run (a state record or an artifact)."""
+    return bool(run.read_states(name)) or STAGES[name].progress(run, cfg)[0] > 0
+
+
+def finished(run: RunDir, name: str, cfg: Config) -> bool:
+    return STAGES[name].progress(run, cfg)[0] >= STAGES[name].units(cfg)
+
+
+def _writable(run_dir: Path) -> RunDir:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # os.access says yes to root everywhere; only a real write proves the directory usable.
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"run directory {run_dir} is not writable: {exc.strerror or exc}") from None
+    return RunDir(run_dir)
+
+
+def _base(path: Path) -> RunDir:
+    base = RunDir(path)
+    if not base.config_file.is_file():
+        raise DataError(f"--from {path}: not a run directory (no {base.config_file.name})")
+    if not (base.path / "stages").is_dir():
+        raise DataError(f"--from {path}: made by another version of worldmodels (no stage records); "
+                        "its datasets cannot be reused")
+    return base
