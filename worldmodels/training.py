@@ -17,7 +17,7 @@ from typing import Any, Callable, Generator
 
 import torch
 
-from worldmodels.checkpoint import Checkpointer, rng_state, set_rng_state
+from worldmodels.checkpoint import Checkpointer, load_model_state, rng_state, set_rng_state
 from worldmodels.config import Config
 from worldmodels.errors import DataError, TrainingError
 from worldmodels.preemption import StopFlag
