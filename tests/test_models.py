@@ -65,3 +65,28 @@ def test_sampling_is_reproducible_for_given_draws_and_sharpens_at_low_temperatur
                         for s in range(50)])
     best = mu.gather(-1, logpi.argmax(-1, keepdim=True)).squeeze(-1)
     torch.testing.assert_close(cold, best.expand_as(cold), atol=0.05, rtol=0)
+
+
+def test_a_frames_code_and_a_state_do_not_depend_on_the_batch_they_are_computed_in():
+    # CPU kernels are chosen by batch size: without fixed chunks these differ in the last bits
+    from worldmodels.device import in_fixed_chunks
+
+    g = torch.Generator().manual_seed(0)
+    vae, m = ConvVAE(32).eval(), MDNRNN(32, 6, 256, 5).eval()
+    frames = torch.randint(0, 256, (100, 64, 64, 3), dtype=torch.uint8, generator=g)
+    x, h, c = torch.randn(100, 38, generator=g), torch.randn(100, 256, generator=g), torch.randn(100, 256, generator=g)
+
+    def code(f):
+        return vae.encode(to_input(f))[0]
+
+    def step(x, h, c):
+        _, (h2, c2) = m.lstm(x.unsqueeze(1), (h.unsqueeze(0), c.unsqueeze(0)))
+        return h2[0], c2[0]
+
+    with torch.no_grad():
+        whole, (wh, wc) = in_fixed_chunks(code, frames), in_fixed_chunks(step, x, h, c)
+        for size in (1, 7, 25, 64):
+            rows = torch.randperm(100, generator=g)[:size]
+            assert torch.equal(in_fixed_chunks(code, frames[rows]), whole[rows]), size
+            sh, sc = in_fixed_chunks(step, x[rows], h[rows], c[rows])
+            assert torch.equal(sh, wh[rows]) and torch.equal(sc, wc[rows]), size

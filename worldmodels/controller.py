@@ -61,13 +61,18 @@ class WorldModelPolicy:
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        from worldmodels.device import in_fixed_chunks
         from worldmodels.vae import to_input
 
         idx = torch.from_numpy(slots).to(self.device)
-        z, _ = self.vae.encode(to_input(torch.from_numpy(obs).to(self.device)))
+        # in fixed chunks: an episode's actions never depend on which episodes share its batch
+        z = in_fixed_chunks(lambda frames: self.vae.encode(to_input(frames))[0], torch.from_numpy(obs).to(self.device))
         which = self.which[idx]
         actions = act(self.weights[which], self.biases[which], z, self.h[idx])
-        _, (h, c) = self.mdnrnn.lstm(torch.cat([z, torch.nn.functional.one_hot(actions, self.mdnrnn.actions).float()], 1)
-                                     .unsqueeze(1), (self.h[idx].unsqueeze(0), self.c[idx].unsqueeze(0)))
-        self.h[idx], self.c[idx] = h[0], c[0]
+        x = torch.cat([z, torch.nn.functional.one_hot(actions, self.mdnrnn.actions).float()], 1)
+        self.h[idx], self.c[idx] = in_fixed_chunks(self._lstm_step, x, self.h[idx], self.c[idx])
         return actions.cpu().numpy()
+
+    def _lstm_step(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _, (h, c) = self.mdnrnn.lstm(x.unsqueeze(1), (h.unsqueeze(0), c.unsqueeze(0)))
+        return h[0], c[0]

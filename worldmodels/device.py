@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Any, Callable
 
 import torch
 
@@ -21,3 +22,28 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+CPU_CHUNK = 32  # rows per call of the models on a CPU (see in_fixed_chunks)
+
+
+def in_fixed_chunks(fn: Callable[..., Any], *rows: torch.Tensor) -> Any:
+    """`fn(*rows)`, computed on a CPU in chunks of exactly CPU_CHUNK rows (the last one padded with zeros).
+
+    oneDNN and MKL pick their kernels by batch size, so a frame encoded in a batch of 25 can come
+    out different in the last bit from the same frame in a batch of 64, which now and then flips
+    an argmax and changes an episode. In chunks of one fixed size, a row's result depends on the
+    row alone: results do not depend on `controller.batch`, `evaluate.batch`, `encode.batch_size`
+    or on how episodes are split over tasks and ranks. (32 rows are as fast as larger batches for
+    V here; on a GPU, where no bitwise promise is made, `fn` runs on the whole batch.)
+    """
+    n = rows[0].shape[0]
+    if rows[0].device.type != "cpu":
+        return fn(*rows)
+    pad = -n % CPU_CHUNK
+    if pad:
+        rows = tuple(torch.cat([r, r.new_zeros((pad, *r.shape[1:]))]) for r in rows)
+    outs = [fn(*(r[i:i + CPU_CHUNK] for r in rows)) for i in range(0, n + pad, CPU_CHUNK)]
+    if isinstance(outs[0], tuple):
+        return tuple(torch.cat(parts)[:n] for parts in zip(*outs))
+    return torch.cat(outs)[:n]

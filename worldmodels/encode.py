@@ -39,7 +39,7 @@ def open_latents(cfg: Config, run: RunDir, rollouts: EpisodeStore, vae_digest: s
 
 def encode(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1) -> str:
     """Encode every episode of this task that is not encoded yet; returns a line for people."""
-    from worldmodels.device import select_device
+    from worldmodels.device import in_fixed_chunks, select_device
 
     owned = task_episodes(cfg.collect.episodes, task, num_tasks)
     run = RunDir(run_dir)
@@ -59,7 +59,7 @@ def encode(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1) 
             frames = torch.from_numpy(episode["frames"])
             mus, logvars = [], []
             for i in range(0, len(frames), cfg.encode.batch_size):
-                mu, logvar = vae.encode(to_input(frames[i:i + cfg.encode.batch_size].to(device)))
+                mu, logvar = in_fixed_chunks(lambda f: vae.encode(to_input(f)), frames[i:i + cfg.encode.batch_size].to(device))
                 mus.append(mu.float().cpu().numpy())
                 logvars.append(logvar.float().cpu().numpy())
             store.write_episode(k, {"mu": np.concatenate(mus), "logvar": np.concatenate(logvars),
