@@ -215,8 +215,10 @@ def test_a_sweep_runs_as_array_jobs_survives_a_preempted_point_and_compares_over
     assert len({i.split("_")[0] for i in controllers}) == 1  # one array across the points
     target, first = controllers[3], points[3]  # mode=real_seed=1: the array's first task
     wait_for(lambda: len(list((first / "checkpoints" / "controller").glob("*.json"))) >= 2, what="controller progress")
-    # (scancel may report the job "in transition": the stage requeues itself at once)
-    subprocess.run(["scancel", "--signal=USR2", target], capture_output=True)
+    # USR2 to the task's job step (its ranks), as Slurm's warning before a time limit: for a task of
+    # this array, scancel of the whole job answers "job can not be altered now" (Slurm 22.05) and
+    # retries for a minute, long enough to signal the requeued attempt a second time
+    subprocess.run(["scancel", "--signal=USR2", f"{scontrol(target)['JobId']}.0"], check=True, timeout=30)
     wait_for(lambda: scontrol(target).get("Restarts") == "1", timeout=60, what="requeue")
     ids = [i for p in points for stage in ("train-controller", "evaluate", "report") for i in job_ids(p, stage)]
     wait_done(sweep, ids)
