@@ -182,7 +182,7 @@ def _plot_curves(summary: dict[str, Any], path: Path) -> None:
             ax.plot(c["generation"], c["mean"], color=f"C{i}", label=p["point"])
             ax.fill_between(c["generation"], c["low"], c["high"], color=f"C{i}", alpha=0.2)
     ax.set_xlabel("generation")
-    ax.set_ylabel("population mean fitness")
+    ax.set_ylabel("population mean fitness\n(in the game it was trained in)", fontsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
