@@ -13,14 +13,14 @@ RUN_DIR   ?= runs/latest
 DEMO_DIR  := $(if $(filter command line environment,$(origin RUN_DIR)),$(RUN_DIR),runs/demo-$(shell date +%Y%m%d-%H%M%S))
 OVERRIDES ?=
 STAMPS    := .make
-SYSTEM_PACKAGES := slurm-wlm munge openmpi-bin libopenmpi-dev
+SYSTEM_PACKAGES := slurm-wlm munge openmpi-bin libopenmpi-dev chromium chromium-driver
 CONTAINER_PACKAGES := podman runc catatonit debootstrap
 
 export WANDB_SILENT ?= true
 
 .PHONY: slurm-up slurm-down submit submit-collect submit-vae submit-encode submit-mdnrnn submit-controller submit-eval submit-report submit-pipeline
 .PHONY: help setup system-packages test demo stage collect train-vae encode train-mdnrnn train-controller evaluate report status bench clean
-.PHONY: sweep submit-sweep compare
+.PHONY: sweep submit-sweep compare play push
 .PHONY: container-docker container-apptainer container-test container-lock
 
 help: ## list the targets
@@ -29,7 +29,7 @@ help: ## list the targets
 # --- set-up ---------------------------------------------------------------------------------
 # System packages are installed only when running as root on a Debian/Ubuntu machine and one
 # of them is missing; elsewhere the suite uses whatever the machine already provides.
-system-packages: ## install Slurm, munge and OpenMPI with apt-get (root on Debian/Ubuntu only)
+system-packages: ## install Slurm, munge, OpenMPI and Chromium (the report test) with apt-get (root on Debian/Ubuntu only)
 	@$(call apt_install,$(SYSTEM_PACKAGES))
 
 # apt_install PACKAGES: install the missing ones as root with apt-get; elsewhere warn
@@ -110,6 +110,17 @@ collect train-vae encode train-mdnrnn evaluate report: $(HOST_SETUP) ## run one 
 train-controller: $(HOST_SETUP) ## run CMA-ES locally as JOBS MPI ranks (CONFIG, RUN_DIR, FROM, OVERRIDES, CONTAINER)
 	$(call MPIRUN_IN,$(RUN_DIR)) $(if $(CONTAINER),python,$(PY)) -m worldmodels train-controller --config $(CONFIG) --run-dir $(RUN_DIR) $(FROM_ARG) $(OVERRIDES)
 
+# An agent: a pushed folder, a run directory or a Hub repository id (USER/NAME, online).
+MODEL    ?= $(RUN_DIR)
+EPISODES ?= 3
+play: $(HOST_SETUP) ## play the agent MODEL (folder, run directory or Hub repo) on the evaluation's first EPISODES episodes (VIDEO=out.mp4, STICKY=1)
+	$(if $(CONTAINER),containers/run.sh $(if $(wildcard $(MODEL)),--bind-ro $(abspath $(MODEL))) $(if $(VIDEO),--bind $(dir $(abspath $(VIDEO)))) $(CONTAINER) python,$(PY)) -m worldmodels play --model $(MODEL) --episodes $(EPISODES) $(if $(VIDEO),--video $(VIDEO)) $(if $(STICKY),--sticky)
+
+REPO_ID ?=
+DRY_RUN ?=
+push: $(HOST_SETUP) ## upload RUN_DIR's agent, results, replay and report to the Hub as REPO_ID (token: HF_TOKEN), or write it to DRY_RUN=DIR
+	$(call PYTHON_IN,$(RUN_DIR)) -m worldmodels push --run-dir $(RUN_DIR) $(if $(REPO_ID),--repo-id $(REPO_ID)) $(if $(DRY_RUN),--dry-run $(DRY_RUN))
+
 # --- Slurm ------------------------------------------------------------------------------------
 PROFILE ?= slurm/profiles/local.yaml
 # After `make slurm-up`, Slurm's tools (and submitit) talk to the local cluster.
@@ -189,7 +200,7 @@ container-test: setup ## build a CPU image (from debootstrap when no registry an
 
 container-lock: setup ## rewrite containers/requirements.lock from the development environment
 	@{ sed -n '1,2p' containers/requirements.lock; $(PY) -m pip freeze --exclude-editable | \
-		grep -v -E '^(ruff|tensorstore|ml_dtypes)==' | sed -E 's/^(torch==[^+]*)\+.*/\1/'; } > containers/requirements.lock.new
+		grep -v -E '^(ruff|tensorstore|ml_dtypes|selenium|trio|trio-websocket|outcome|sortedcontainers|wsproto|PySocks)==' | sed -E 's/^(torch==[^+]*)\+.*/\1/'; } > containers/requirements.lock.new
 	mv containers/requirements.lock.new containers/requirements.lock
 
 clean: ## remove the virtual environment and the set-up stamps (runs/ is kept)

@@ -7,6 +7,7 @@
     python -m worldmodels status DIR [--json]
     python -m worldmodels stages [--plain]
     python -m worldmodels push --run-dir DIR --repo-id USER/NAME | --dry-run FOLDER
+    python -m worldmodels play --model FOLDER|RUN_DIR|USER/NAME [--episodes N] [--video OUT.mp4] [--sticky]
 
 The command line sits above both the library (worldmodels/, which never imports the job layer) and
 the Slurm layer (jobs/). Every stage runs in-process and resumes when rerun with the same arguments.
@@ -51,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--repo-id", help="the Hub repository, e.g. user/worldmodels-spaceinvaders")
     p.add_argument("--dry-run", type=Path, metavar="DIR", help="write the folder that would be uploaded to DIR instead")
+
+    p = sub.add_parser("play", help="load an agent (pushed folder, run directory or Hub repo) and play the evaluation's episodes")
+    p.add_argument("--model", required=True, metavar="FOLDER|RUN_DIR|USER/NAME", help="where the agent is")
+    p.add_argument("--episodes", type=int, default=3, help="how many evaluation episodes to play, from episode 0 (default 3)")
+    p.add_argument("--video", type=Path, metavar="OUT.mp4", help="also record episode 0 to this file")
+    p.add_argument("--sticky", action="store_true", help="sticky actions: repeat the previous action with probability 0.25")
 
     p = sub.add_parser("submit", help="submit a stage (or `pipeline`: every stage, chained) to Slurm through submitit")
     p.add_argument("stage", metavar="STAGE", help=f"{', '.join(STAGES)} or pipeline")
@@ -140,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             sweep.run_locally()
         return 0
+    if args.command == "play":
+        return play(args)
     cfg = resolve_config(args, args.run_dir)
     if args.command == "submit":
         from jobs.profile import load_profile
@@ -155,11 +164,27 @@ def run(args: argparse.Namespace) -> int:
             print(line)
         return 0
     if args.command == "push":
-        from worldmodels.report import push
+        from worldmodels.hub import push
 
         print(f"push: {push(cfg, args.run_dir, repo_id=args.repo_id, dry_run=args.dry_run)}")
         return 0
     raise AssertionError(args.command)
+
+
+def play(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from worldmodels.agent import STICKY, Agent, play as play_agent
+    from worldmodels.errors import ConfigError
+
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
+    agent = Agent.load(args.model, [f"env.repeat_action_probability={STICKY}"] if args.sticky else [])
+    scores = play_agent(agent, args.episodes, args.video,
+                        on_score=lambda k, seed, score: print(f"episode {k} (seed {seed}): {score:g}", flush=True))
+    print(f"play: {np.mean(scores):.1f} +- {np.std(scores):.1f} over {len(scores)} episodes"
+          + (f"; episode 0 recorded to {args.video}" if args.video else ""))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -157,7 +157,7 @@ def test_evaluate_scores_controller_and_baselines_on_the_same_seeds_then_report_
     assert (run / "report" / "controller-fitness.png").is_file()
     out = tmp_path / "upload"
     run_cli("push", *args, "--dry-run", out)
-    assert {p.name for p in (out / "models").iterdir()} == {"vae.pt", "mdnrnn.pt", "controller.pt"}
+    assert {p.name for p in (out / "models").glob("*.pt")} == {"vae.pt", "mdnrnn.pt", "controller.pt"}
     assert (out / "README.md").read_text().startswith("---") and json.loads((out / "results.json").read_text()) == results
     assert (out / "report" / "index.html").is_file() and (out / "config.yaml").is_file()
 

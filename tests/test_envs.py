@@ -130,6 +130,20 @@ def test_episode_k_is_reproduced_exactly_whatever_ran_before():
     assert not np.array_equal(first, other[: len(first)])
 
 
+def test_sticky_actions_are_drawn_from_the_episode_seed():
+    # Machado et al. (2018): per frame, the previous action instead of the chosen one with p = 0.25
+    sticky = EnvConfig(noop_max=0, repeat_action_probability=0.25)
+    actions = np.random.default_rng(2).integers(0, 6, 300)
+    first, _ = play(AtariEnv(sticky), 5, actions)
+    again, _ = play(AtariEnv(sticky), 5, actions)
+    np.testing.assert_array_equal(first, again)  # the same seed, the same game
+    other_seed, _ = play(AtariEnv(sticky), 6, actions)
+    plain, _ = play(AtariEnv(EnvConfig(noop_max=0)), 5, actions)
+    n = min(len(first), len(other_seed), len(plain))
+    # without no-ops the seed only draws the repeats: the games differ through them alone
+    assert not np.array_equal(first[:n], other_seed[:n]) and not np.array_equal(first[:n], plain[:n])
+
+
 def test_episode_is_truncated_at_max_steps():
     env = AtariEnv(EnvConfig(max_steps=5))
     env.reset(seed=0)

@@ -142,6 +142,16 @@ def test_the_identity_of_a_stage_holds_its_upstream_and_no_operational_setting()
     assert all(key in config.flat(config.to_dict(cfg)) for key in OPERATIONAL)
 
 
+def test_a_key_added_since_the_run_format_changes_identities_only_away_from_its_old_behaviour():
+    from worldmodels.identity import ADDED_SINCE_FORMAT, identity
+
+    cfg = config.load(SMOKE)
+    assert all(config.flat(config.to_dict(cfg))[key] == value for key, value in ADDED_SINCE_FORMAT.items())
+    assert not set(ADDED_SINCE_FORMAT) & set(identity(cfg, "report"))  # runs made before the key keep their identity
+    sticky = identity(config.load(SMOKE, ["env.repeat_action_probability=0.25"]), "collect")
+    assert sticky["env.repeat_action_probability"] == 0.25 and sticky != identity(cfg, "collect")
+
+
 def test_named_random_streams_never_share_a_seed():
     from worldmodels import seeds
 

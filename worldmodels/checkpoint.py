@@ -42,14 +42,7 @@ class Checkpointer:
     def save(self, step: int, state: dict[str, Any], summary: dict[str, Any] | None = None) -> Path:
         """Write checkpoint `step` atomically, then its marker (with `summary`, readable without
         torch), then prune all but the last `keep`."""
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        data = buffer.getvalue()
-        path = self.directory / f"step-{step:09d}.pt"
-        atomic_write(path, data)
-        marker = {"step": step, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "time": time.time(),
-                  **(summary or {})}
-        atomic_write(path.with_suffix(".json"), json.dumps(marker).encode())
+        path = save_file(self.directory / f"step-{step:09d}.pt", state, {"step": step, **(summary or {})})
         self._last_save = time.monotonic()
         for old in self.steps()[: -self.keep]:
             (self.directory / f"step-{old:09d}.json").unlink(missing_ok=True)
@@ -68,6 +61,18 @@ class Checkpointer:
             except DataError as exc:
                 log.warning("skipping checkpoint: %s; falling back to the previous one", exc)
         return None
+
+
+def save_file(path: str | Path, state: dict[str, Any], summary: dict[str, Any] | None = None) -> Path:
+    """Write `state` to `path` atomically, then its marker (size, sha256 and `summary`) beside it."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    atomic_write(path, data)
+    marker = {**(summary or {}), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "time": time.time()}
+    atomic_write(path.with_suffix(".json"), json.dumps(marker).encode())
+    return path
 
 
 def load_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

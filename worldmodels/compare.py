@@ -132,24 +132,21 @@ def compare(dirs: list[Path], out: Path | None = None) -> Path:
 
 
 def _page(summary: dict[str, Any]) -> str:
-    rows = "".join(
-        f"<tr><td>{html.escape(p['point'])}</td><td>{len(p['runs'])}</td><td>{p['mean']:.1f}</td>"
-        f"<td>[{p['ci_low']:.1f}, {p['ci_high']:.1f}]</td><td>{p['iqm']:.1f}</td>"
-        f"<td>{', '.join(f'{s:.1f}' for s in p['scores'])}</td>"
-        + "".join(f"<td>{p['baselines'][b]:.1f}</td>" for b in BASELINES) + "</tr>"
-        for p in summary["points"])
-    header = ("<tr><th>point</th><th>seeds</th><th>mean</th><th>95% CI</th><th>IQM</th><th>per-seed means</th>"
-              + "".join(f"<th>{b.replace('_', ' ')}</th>" for b in BASELINES) + "</tr>")
+    from worldmodels.pages import page, table
+
+    rows = [[html.escape(p["point"]), str(len(p["runs"])), f"{p['mean']:.1f}", f"[{p['ci_low']:.1f}, {p['ci_high']:.1f}]",
+             f"{p['iqm']:.1f}", ", ".join(f"{s:.1f}" for s in p["scores"]), *(f"{p['baselines'][b]:.1f}" for b in BASELINES)]
+            for p in summary["points"]]
+    header = ["point", "seeds", "mean", "95% CI", "IQM", "per-seed means", *(b.replace("_", " ") for b in BASELINES)]
     runs = "".join(f"<li>{html.escape(p['point'])}: " + ", ".join(f"<code>{html.escape(r)}</code>" for r in p["runs"])
                    + "</li>" for p in summary["points"])
-    parts = ["<h1>World Models: comparison over seeds</h1>", f"<p>{html.escape(summary['protocol'])}</p>",
-             f"<p>Seeds vary over: {html.escape(', '.join(summary['seed_keys']) or 'nothing (one run per point)')}</p>",
-             f"<table border=1 cellpadding=4>{header}{rows}</table>",
-             '<h2>Scores</h2><img src="scores.png" alt="mean with confidence interval per point">',
-             '<h2>Learning curves</h2><img src="learning-curves.png" alt="CMA-ES fitness per generation">',
-             f"<h2>Runs</h2><ul>{runs}</ul>"]
-    return ("<!doctype html><html><head><meta charset=utf-8><title>World Models comparison</title></head><body>"
-            + "\n".join(parts) + "</body></html>")
+    return page("World Models comparison", [
+        "<h1>World Models: comparison over seeds</h1>", f"<p>{html.escape(summary['protocol'])}</p>",
+        f"<p>Seeds vary over: {html.escape(', '.join(summary['seed_keys']) or 'nothing (one run per point)')}</p>",
+        table(header, rows, numeric={1, 2, 4, *range(6, 6 + len(BASELINES))}),
+        '<h2>Scores</h2><img src="scores.png" alt="mean with confidence interval per point">',
+        '<h2>Learning curves</h2><img src="learning-curves.png" alt="CMA-ES fitness per generation">',
+        f"<h2>Runs</h2><ul>{runs}</ul>"])
 
 
 def _plot_scores(summary: dict[str, Any], path: Path) -> None:

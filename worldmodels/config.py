@@ -28,12 +28,17 @@ class EnvConfig:
     noop_max: int = 30  # each episode starts with 1..noop_max no-op frames (0: none; seeded per episode)
     size: int = 64  # observations are size x size RGB uint8
     max_steps: int = 27_000  # agent steps before an episode is truncated (108,000 frames)
+    # chance that the emulator repeats the previous action instead of the chosen one, per frame:
+    # 0 is the v4 protocol; 0.25 is sticky actions (Machado et al. 2018), where a fixed policy
+    # cannot replay memorised games. Drawn from the episode's seed, so episodes stay reproducible.
+    repeat_action_probability: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.frame_skip >= 2, "env.frame_skip", "must be >= 2 (the last two frames are max-pooled)")
         _check(self.noop_max >= 0, "env.noop_max", "must be >= 0")
         _check(8 <= self.size <= 210, "env.size", "must be between 8 and 210")
         _check(self.max_steps >= 1, "env.max_steps", "must be >= 1")
+        _check(0.0 <= self.repeat_action_probability < 1.0, "env.repeat_action_probability", "must be in [0, 1)")
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,7 @@ class AtariEnv(gym.Env):
         self.observation_space = gym.spaces.Box(0, 255, (cfg.size, cfg.size, 3), np.uint8)
         self._np_random = np.random.default_rng()
         self._steps = 0
+        self._last_act = self._actions[0]  # what the emulator did last (sticky actions repeat it)
 
     @property
     def num_actions(self) -> int:
@@ -87,6 +88,7 @@ class AtariEnv(gym.Env):
         if seed is not None:
             self._np_random = np.random.default_rng(seed)
         self._ale.restoreState(self._power_on)
+        self._last_act = self._actions[0]
         noops = int(self.np_random.integers(1, self.cfg.noop_max + 1)) if self.cfg.noop_max > 0 else 0
         for _ in range(noops):
             self._ale.act(self._actions[0])
@@ -101,10 +103,19 @@ class AtariEnv(gym.Env):
         ale, act, skip = self._ale, self._actions[int(action)], self.cfg.frame_skip
         shape = self._pooled.shape
         second_last = _per_thread(("second_last", shape), lambda: np.empty(shape, np.uint8))
+        sticky = self.cfg.repeat_action_probability
+        # sticky actions: per frame, the previous frame's action instead of the chosen one with
+        # this chance (as ALE does it), drawn here from the episode's generator
+        repeats = self.np_random.random(skip) < sticky if sticky else None
         reward = 0.0
         terminated = False
         for t in range(skip):
-            reward += ale.act(act)
+            if repeats is not None:
+                if not repeats[t]:
+                    self._last_act = act
+                reward += ale.act(self._last_act)
+            else:
+                reward += ale.act(act)
             if ale.game_over():
                 terminated = True
                 break

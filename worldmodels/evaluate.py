@@ -14,7 +14,6 @@ only what is missing. Whichever task finds every part complete writes eval/resul
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from worldmodels.distributed import task_episodes
 from worldmodels.preemption import StopFlag
 from worldmodels.files import atomic_write
 from worldmodels.rundir import RunDir
+from worldmodels.scores import protocol_name
 from worldmodels.tracking import Tracker, log
 
 STAGE = "evaluate"
@@ -89,8 +89,15 @@ def evaluate(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1
             batch = batches[name]
             play(cfg.env, policy, [eval_job(cfg, k) for k in todo[name]], done, batch=batch, stop=stop, envs=envs.take(batch))
         if task == 0:
-            record_videos(cfg, run, solution, world, stop)
-    r = assemble(cfg, run, source)
+            videos = record_videos(cfg, run, solution, world, stop)
+            tracker.videos({f"{STAGE}/{path.stem}": (path, f"evaluation episode {path.stem.rsplit('-', 1)[1]}")
+                            for path in videos})
+        r = assemble(cfg, run, source)
+        if r is not None:  # this task completed the results: it logs them
+            tracker.images({f"{STAGE}/scores": run.report_dir / "eval-scores.png"})
+            tracker.table(f"{STAGE}/episodes", ["protocol", "policy", "episode", "seed", "score"],
+                          [[protocol_name(cfg), name, k, r["seeds"][k], score] for name, scores in _scores(run).items()
+                           for k, score in sorted(scores.items()) if k < r["episodes"]])
     if r is None:
         return f"evaluate: {len(owned)} episodes scored; results.json waits for the other tasks"
     best = max(h["mean"] for h in r["heuristics"].values())
@@ -138,27 +145,10 @@ def assemble(cfg: Config, run: RunDir, source: Path) -> dict[str, Any] | None:
 
 def record_videos(cfg: Config, run: RunDir, solution: np.ndarray, world, stop=None) -> list[Path]:
     """eval/videos/controller-episode-K.mp4 for the first `evaluate.videos` evaluation episodes."""
-    import gymnasium as gym
+    from worldmodels.video import record_episode
 
-    from worldmodels.envs import AtariEnv
-    from worldmodels.rollout import play
-
-    folder = run.videos
-    wanted = [k for k in range(min(cfg.evaluate.videos, cfg.evaluate.episodes))
-              if not (folder / f"controller-episode-{k}.mp4").is_file()]
-    for k in wanted:
-        # each video is recorded in a folder of its own (RecordVideo warns about existing ones)
-        # and moved into place when complete
-        recording = folder / f".recording-{k}"
-        shutil.rmtree(recording, ignore_errors=True)
-        env = gym.wrappers.RecordVideo(AtariEnv(cfg.env, render_mode="rgb_array"), str(recording),
-                                       episode_trigger=lambda i: True, name_prefix=f"controller-episode-{k}",
-                                       disable_logger=True)
-        try:
-            play(cfg.env, _make_policy("controller", solution, world, [], 1), [eval_job(cfg, k)], lambda played: None,
-                 batch=1, envs=[env], stop=stop)
-        finally:
-            env.close()
-        (recording / f"controller-episode-{k}-episode-0.mp4").replace(folder / f"controller-episode-{k}.mp4")
-        shutil.rmtree(recording)
-    return sorted(folder.glob("*.mp4"))
+    for k in range(min(cfg.evaluate.videos, cfg.evaluate.episodes)):
+        path = run.videos / f"controller-episode-{k}.mp4"
+        if not path.is_file():
+            record_episode(cfg.env, _make_policy("controller", solution, world, [], 1), eval_job(cfg, k), path, stop)
+    return sorted(run.videos.glob("*.mp4"))

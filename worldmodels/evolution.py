@@ -187,11 +187,12 @@ def _train(cfg: Config, run: RunDir, group) -> dict[str, Any]:
                           summary={"best_fitness": state["best_fitness"]})
                 tracker.advance(1, **{f"{STAGE}/{k}": v for k, v in record.items() if k != "generation"})
             generation = group.bcast(generation)
+        if tracker is not None:
+            from worldmodels.plots import plot_fitness
+
+            tracker.images({f"{STAGE}/fitness": plot_fitness(run, state["history"])})
     if group.rank != 0:
         return {"generation": generation}
-    from worldmodels.plots import plot_fitness
-
-    plot_fitness(run, state["history"])
     return {"generation": generation, "best_fitness": state["best_fitness"]}
 
 

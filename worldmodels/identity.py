@@ -44,6 +44,11 @@ OPERATIONAL = frozenset({
 })
 
 
+# Keys added to the config after RUN_FORMAT 2, with the value that behaves as before they existed.
+# At that value a key is left out of every identity, so runs made before it still resume and branch.
+ADDED_SINCE_FORMAT = {"env.repeat_action_probability": 0.0}
+
+
 @functools.cache
 def own_keys(stage: str) -> tuple[str, ...]:
     """The config keys that belong to `stage` (not to its upstream, and not operational)."""
@@ -64,6 +69,8 @@ def identity(cfg: Config, stage: str) -> dict[str, Any]:
     for name in chain(stage):
         for key in own_keys(name):
             section, _, leaf = key.rpartition(".")
+            if key in ADDED_SINCE_FORMAT and values[key] == ADDED_SINCE_FORMAT[key]:
+                continue
             out[key] = cfg.seed_of(section) if leaf == "seed" and section else values[key]
     return out
 

@@ -139,17 +139,26 @@ def plot_fitness(run: RunDir, history: list[dict]) -> Path:
 
 
 def plot_scores(run: RunDir, results: dict) -> Path:
-    """report/eval-scores.png: histogram of episode scores, controller against every baseline."""
+    """report/eval-scores.png: every episode's score per policy (dots, the mean as a bar), with the
+    published random, human and DQN scores as lines to read them against."""
+    from worldmodels.reference import PUBLISHED
+    from worldmodels.scores import policy_scores
+
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    series = {"controller": results["scores"], "random": results["random"]["scores"],
-              **{name: r["scores"] for name, r in results["heuristics"].items()}}
-    top = max(max(v) for v in series.values())
-    bins = np.linspace(0, max(top, 1) * 1.05, 30)
-    for name, values in series.items():
-        ax.hist(values, bins=bins, alpha=0.5, label=f"{name} (mean {np.mean(values):.0f})")
-    ax.set_xlabel("episode score")
-    ax.set_ylabel("episodes")
-    ax.legend(fontsize=7)
+    series = policy_scores(results)
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(series) + 1.6))
+    jitter = np.random.default_rng(0)  # fixed: the same results draw the same picture
+    for row, (name, values) in enumerate(reversed(series.items())):
+        y = row + jitter.uniform(-0.18, 0.18, len(values))
+        ax.plot(values, y, "o", alpha=0.35, markersize=4, color=f"C{len(series) - 1 - row}")
+        ax.plot([np.mean(values)] * 2, [row - 0.32, row + 0.32], color="black", linewidth=2)
+        ax.annotate(f"{np.mean(values):.0f}", (np.mean(values), row + 0.34), ha="center", fontsize=7)
+    for i, (name, score) in enumerate(PUBLISHED.items()):
+        ax.axvline(score, color="grey", linestyle=(0, (2, 2 + i)), linewidth=1)
+        ax.annotate(name, (score, len(series) - 0.5), rotation=90, va="top", ha="right", fontsize=7, color="dimgrey")
+    ax.set_yticks(range(len(series)), list(reversed(series)))
+    ax.set_ylim(-0.6, len(series) - 0.4)
+    ax.set_xlim(0, max(max(PUBLISHED.values()), *(max(v) for v in series.values())) * 1.04)
+    ax.set_xlabel(f"episode score ({results['episodes']} episodes, the same for every policy; bar: mean)")
     fig.tight_layout()
     return _save(fig, run, "eval-scores.png")

@@ -1,114 +1,89 @@
-"""The report stage (RUN_DIR/report/index.html) and push (the run's models to the Hugging Face Hub)."""
+"""The report stage: RUN_DIR/report/index.html, a page to read a run by and send to a colleague.
+
+It shows the scores against the baselines that learn nothing and against published scores, the
+controller's gameplay videos (copied into report/videos/, so the folder stands alone, as on the
+Hub), every picture the stages left, where each stage stands, and the config. Plain HTML with no
+scripts and nothing fetched from the network.
+"""
 
 from __future__ import annotations
 
 import html
-import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from worldmodels.checkpoint import latest_step
 from worldmodels.config import Config, dump
-from worldmodels.errors import ConfigError, DataError
 from worldmodels.files import atomic_write
-from worldmodels.rundir import CHECKPOINTS, RunDir
-
-
-def _score_rows(results: dict) -> list[tuple[str, float, float]]:
-    rows = [("controller (" + results.get("which", "best") + ")", results["mean"], results["std"]),
-            ("random policy", results["random"]["mean"], results["random"]["std"])]
-    return rows + [(name.replace("_", " "), r["mean"], r["std"]) for name, r in results["heuristics"].items()]
+from worldmodels.pages import page, table
+from worldmodels.reference import PUBLISHED
+from worldmodels.rundir import RunDir
+from worldmodels.scores import policy_scores, protocol, stats, summary_line
 
 
 def write_report(cfg: Config, run_dir: str | Path) -> str:
-    """report/index.html: every picture the stages left, the scores, the videos and the config.
-    Returns a line for people."""
+    """Write report/index.html from everything the run has made. Returns a line for people."""
     from worldmodels.stages import STAGES
     from worldmodels.status import run_status
 
     run = RunDir(run_dir)
     report = run.report_dir
     report.mkdir(parents=True, exist_ok=True)
-    parts = [f"<h1>World Models: {html.escape(cfg.env.id)}</h1>", f"<p>Run directory <code>{html.escape(str(run.path.resolve()))}</code></p>"]
+    body = [f"<h1>World Models on {html.escape(cfg.env.id)}</h1>",
+            f'<p class="muted">Run directory <code>{html.escape(str(run.path.resolve()))}</code></p>']
     results = run.results()
     if results:
-        rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{m:.1f}</td><td>{s:.1f}</td></tr>" for n, m, s in _score_rows(results))
-        parts.append(f"<h2>Scores over {results['episodes']} episodes (same seeds for every policy)</h2>"
-                     f"<table border=1 cellpadding=4><tr><th>policy</th><th>mean</th><th>std</th></tr>{rows}</table>")
-    videos = sorted(run.videos.glob("*.mp4"))
-    if videos:
-        links = "".join(f'<li><a href="{html.escape(os.path.relpath(v, report))}">{v.name}</a></li>' for v in videos)
-        parts.append(f"<h2>Videos</h2><ul>{links}</ul>")
+        body += _scores(cfg, results)
+    body += _videos(run, report, results)
     for stage in STAGES.values():
         for name, title in stage.figures:
             made = run.figure(stage.name, name)
             if made.is_file() and made != report / name:  # a reused stage's picture, from the run that made it
                 shutil.copy(made, report / name)
             if (report / name).is_file():
-                parts.append(f'<h2>{html.escape(title)}</h2><img src="{name}" alt="{html.escape(title)}">')
-    status = run_status(run.path)["stages"]
-    rows = "".join(f"<tr><td>{n}</td><td>{s['state']}</td><td>{html.escape(json.dumps({k: v for k, v in s.items() if k != 'state'}))}</td></tr>"
-                   for n, s in status.items())
-    parts.append(f"<h2>Stages</h2><table border=1 cellpadding=4>{rows}</table>")
-    parts.append(f"<h2>Config</h2><pre>{html.escape(dump(cfg))}</pre>")
-    page = "<!doctype html><html><head><meta charset=utf-8><title>World Models report</title></head><body>" + "\n".join(parts) + "</body></html>"
-    atomic_write(report / "index.html", page.encode())
+                body.append(f'<h2>{html.escape(title)}</h2><img src="{name}" alt="{html.escape(title)}">')
+    body += ["<h2>Stages</h2>", _stages(run_status(run.path)["stages"]),
+             "<h2>Config</h2>", f"<details><summary>config.yaml</summary><pre>{html.escape(dump(cfg))}</pre></details>"]
+    atomic_write(report / "index.html", page(f"World Models report: {run.path.name}", body).encode())
     return f"report: {report / 'index.html'}"
 
 
-def model_card(cfg: Config, results: dict | None) -> str:
-    lines = ["---", "tags: [world-models, reinforcement-learning, atari, cma-es]", "library_name: pytorch", "---", "",
-             f"# World Models on {cfg.env.id}", "",
-             "V (ConvVAE), M (MDN-RNN) and C (linear controller found by CMA-ES), after Ha & Schmidhuber (2018).",
-             f"V: z={cfg.vae.z_size}; M: LSTM {cfg.mdnrnn.hidden} with {cfg.mdnrnn.gaussians} Gaussians per latent "
-             f"dimension; C trained in the {cfg.controller.mode} game for {cfg.controller.generations} generations "
-             f"(population {cfg.controller.popsize}, {cfg.controller.rollouts} rollouts each).", ""]
-    if results:
-        lines += [f"## Evaluation ({results['episodes']} episodes, the same seeds for every policy)", "",
-                  "| policy | mean | std |", "| --- | --- | --- |"]
-        lines += [f"| {n} | {m:.1f} | {s:.1f} |" for n, m, s in _score_rows(results)]
-        lines.append("")
-    lines += ["## Files", "", "- `models/{vae,mdnrnn,controller}.pt`: the final checkpoints (load with "
-              "`torch.load(path, weights_only=True)`)", "- `results.json`: every episode's score", "- `report/`: plots, "
-              "reconstructions, dreams", "- `config.yaml`: the exact configuration", ""]
-    return "\n".join(lines)
+def _scores(cfg: Config, results: dict) -> list[str]:
+    rows = [[html.escape(name), *("{mean:.1f} {std:.1f} {min:g} {max:g} {distinct}".format(**stats(s)).split())]
+            for name, s in policy_scores(results).items()]
+    published = [[html.escape(name), f"{score:,}"] for name, score in PUBLISHED.items()]
+    return [f'<p class="lead">{html.escape(summary_line(results))}</p>', "<h2>Scores</h2>",
+            f"<p>{html.escape(protocol(cfg, results))}.</p>",
+            table(["policy", "mean", "std", "min", "max", "distinct scores"], rows, numeric={1, 2, 3, 4, 5}),
+            "<p>Published scores to read them against (mean episode return, no-op starts):</p>",
+            table(["agent", "score"], published, numeric={1})]
 
 
-def stage_folder(cfg: Config, run: RunDir, folder: Path) -> Path:
-    """Lay out what push uploads: models, results, report, config and a model card."""
-    (folder / "models").mkdir(parents=True, exist_ok=True)
-    for stage, name in CHECKPOINTS.items():
-        directory = run.checkpoints(stage)
-        step = latest_step(directory)
-        if step is None:
-            raise DataError(f"nothing to push: no {name} checkpoint in {directory}")
-        shutil.copy(directory / f"step-{step:09d}.pt", folder / "models" / f"{name}.pt")
-    results = run.results()
-    if results:
-        (folder / "results.json").write_text(json.dumps(results, indent=1))
-    if run.report_dir.is_dir():
-        shutil.copytree(run.report_dir, folder / "report", dirs_exist_ok=True)
-    shutil.copy(run.config_file, folder / "config.yaml")
-    (folder / "README.md").write_text(model_card(cfg, results))
-    return folder
+def _videos(run: RunDir, report: Path, results: dict | None) -> list[str]:
+    """The controller's gameplay, copied next to the page and embedded."""
+    videos = sorted(run.videos.glob("controller-episode-*.mp4"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+    if not videos:
+        return []
+    (report / "videos").mkdir(exist_ok=True)
+    figures = []
+    for video in videos:
+        copy = report / "videos" / video.name
+        if not copy.is_file() or copy.stat().st_size != video.stat().st_size:
+            shutil.copy(video, copy)
+        k = int(video.stem.rsplit("-", 1)[1])
+        caption = f"evaluation episode {k}"
+        if results and k < len(results["scores"]):
+            caption += f" (seed {results['seeds'][k]}): score {results['scores'][k]:g}"
+        figures.append(f'<figure><video controls muted preload="metadata" width="320" src="videos/{video.name}"></video>'
+                       f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    return ["<h2>The controller playing</h2>", *figures]
 
 
-def push(cfg: Config, run_dir: str | Path, repo_id: str | None, dry_run: Path | None) -> str:
-    """Upload the run to `repo_id` (token from HF_TOKEN), or with dry_run write the folder there."""
-    run = RunDir(run_dir)
-    if not run.config_file.is_file():
-        raise DataError(f"nothing to push: {run.path} is not a run directory (no {run.config_file.name})")
-    if dry_run is not None:
-        return str(stage_folder(cfg, run, Path(dry_run)))
-    if not repo_id:
-        raise ConfigError("push needs --repo-id (or --dry-run DIR)")
-    from huggingface_hub import HfApi
+def _stages(stages: dict[str, dict]) -> str:
+    def details(info: dict) -> str:
+        shown = {k: v for k, v in info.items() if k not in ("state", "reused_from", "jobs")}
+        return ", ".join(f"{k.replace('_', ' ')} {v:.1f}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
+                         for k, v in shown.items())
 
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = stage_folder(cfg, run, Path(tmp))
-        api = HfApi()
-        api.create_repo(repo_id, exist_ok=True)
-        commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload World Models run")
-    return str(commit)
+    rows = [[name, info["state"], html.escape(f"reused from {info['reused_from']}" if "reused_from" in info else "this run"),
+             html.escape(details(info))] for name, info in stages.items()]
+    return table(["stage", "state", "made by", "details"], rows)

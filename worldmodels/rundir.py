@@ -170,26 +170,11 @@ class RunDir:
 
     def load_vae(self, cfg: Config, device: "torch.device | str" = "cpu"):
         """V from its checkpoint, channels-last on `device`, in eval mode."""
-        import torch
-
-        from worldmodels.vae import ConvVAE
-
-        path = self.vae_checkpoint(cfg)
-        model = ConvVAE(cfg.vae.z_size)
-        _load_weights(model, path, _checked(path, "VAE", cfg))
-        # Frames arrive channels-last in memory (to_input permutes without copying): with weights
-        # in the same layout the convolutions skip a conversion, 20% faster on CPU.
-        return model.to(device, memory_format=torch.channels_last).eval()
+        return vae_from(self.vae_checkpoint(cfg), cfg, device)
 
     def load_mdnrnn(self, cfg: Config, device: "torch.device | str" = "cpu"):
         """The finished M on `device`, in eval mode."""
-        from worldmodels.mdnrnn import MDNRNN
-
-        path = self.finished_checkpoint("train-mdnrnn", cfg.mdnrnn.steps)
-        state = _checked(path, "MDN-RNN", cfg)
-        model = MDNRNN(cfg.vae.z_size, int(state["actions"]), cfg.mdnrnn.hidden, cfg.mdnrnn.gaussians)
-        _load_weights(model, path, state)
-        return model.to(device).eval()
+        return mdnrnn_from(self.finished_checkpoint("train-mdnrnn", cfg.mdnrnn.steps), cfg, device)
 
     def load_world_model(self, cfg: Config):
         """The finished V and M on `train.device`."""
@@ -212,13 +197,8 @@ class RunDir:
 
     def load_controller(self, cfg: Config, size: int) -> tuple["np.ndarray", Path]:
         """The controller vector evaluate plays (`evaluate.controller`: best or mean) and its checkpoint."""
-        from worldmodels.checkpoint import load_file
-
         path = self.finished_checkpoint("train-controller", cfg.controller.generations)
-        solution = load_file(path)[cfg.evaluate.controller].double().numpy()
-        if solution.shape != (size,):
-            raise DataError(f"{path}: controller has {solution.size} parameters, the world model needs {size}")
-        return solution, path
+        return controller_from(path, cfg, size), path
 
     def fitness_history(self) -> list[dict[str, float]]:
         """CMA-ES's record of every generation so far (empty before the first)."""
@@ -278,6 +258,42 @@ def _finished(path: Path, stage: str) -> "EpisodeStore":
     if done < store.num_episodes:
         raise DataError(f"{stage} is not finished ({done}/{store.num_episodes} episodes in {store.path}); finish it first")
     return store
+
+
+# --- models from their files: a run's checkpoints, or an agent folder's (see worldmodels.agent) -------
+
+
+def vae_from(path: Path, cfg: Config, device: "torch.device | str" = "cpu"):
+    """V from a file holding its `model` weights and `z_size`, channels-last on `device`, in eval mode."""
+    import torch
+
+    from worldmodels.vae import ConvVAE
+
+    model = ConvVAE(cfg.vae.z_size)
+    _load_weights(model, path, _checked(path, "VAE", cfg))
+    # Frames arrive channels-last in memory (to_input permutes without copying): with weights
+    # in the same layout the convolutions skip a conversion, 20% faster on CPU.
+    return model.to(device, memory_format=torch.channels_last).eval()
+
+
+def mdnrnn_from(path: Path, cfg: Config, device: "torch.device | str" = "cpu"):
+    """M from a file holding its `model` weights, `z_size` and `actions`, on `device`, in eval mode."""
+    from worldmodels.mdnrnn import MDNRNN
+
+    state = _checked(path, "MDN-RNN", cfg)
+    model = MDNRNN(cfg.vae.z_size, int(state["actions"]), cfg.mdnrnn.hidden, cfg.mdnrnn.gaussians)
+    _load_weights(model, path, state)
+    return model.to(device).eval()
+
+
+def controller_from(path: Path, cfg: Config, size: int) -> "np.ndarray":
+    """The controller vector `evaluate.controller` names (best or mean) from a file holding both."""
+    from worldmodels.checkpoint import load_file
+
+    solution = load_file(path)[cfg.evaluate.controller].double().numpy()
+    if solution.shape != (size,):
+        raise DataError(f"{path}: controller has {solution.size} parameters, the world model needs {size}")
+    return solution
 
 
 def _checked(path: Path, what: str, cfg: Config) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from worldmodels import config as config_lib
@@ -88,6 +89,27 @@ class Tracker:
         """Send metrics to wandb at `step` (default: the progress count)."""
         if self._wandb is not None:
             self._wandb.log(metrics, step=self.done if step is None else step)
+
+    def images(self, pictures: dict[str, Path]) -> None:
+        """Send pictures (PNG files) to wandb under their keys, at the current count."""
+        if self._wandb is not None:
+            import wandb
+
+            self.log({key: wandb.Image(str(path), caption=path.name) for key, path in pictures.items()})
+
+    def videos(self, videos: dict[str, tuple[Path, str]]) -> None:
+        """Send MP4 files to wandb: {key: (path, caption)}, at the current count."""
+        if self._wandb is not None:
+            import wandb
+
+            self.log({key: wandb.Video(str(path), caption=caption, format="mp4") for key, (path, caption) in videos.items()})
+
+    def table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+        """Send a table to wandb, at the current count."""
+        if self._wandb is not None:
+            import wandb
+
+            self.log({key: wandb.Table(columns=columns, data=rows)})
 
     def __enter__(self) -> "Tracker":
         return self

@@ -58,11 +58,11 @@ def train_mdnrnn(cfg: Config, run_dir: str | Path) -> str:
                                                         pos_weight=torch.tensor(m.done_weight, device=device)) * mask).sum() / mask.sum()
         return nll + reward_loss + done_loss, {"nll": nll.detach(), "reward": reward_loss.detach(), "done": done_loss.detach()}
 
-    job = Fit(STAGE, model, torch.optim.Adam(model.parameters(), lr=m.lr), loader.batches, loss, total_steps=m.steps,
-              grad_clip=m.grad_clip, extra_state={"z_size": cfg.vae.z_size, "actions": actions})
-    step = fit(cfg, run, job)
-    from worldmodels.plots import plot_dreams, plot_losses
+    def pictures() -> list[Path]:
+        from worldmodels.plots import plot_dreams, plot_losses
 
-    plot_losses(run, STAGE)
-    plot_dreams(cfg, run, model.cpu().eval(), store)
-    return f"train-mdnrnn: finished at step {step}"
+        return [plot_losses(run, STAGE), plot_dreams(cfg, run, model.cpu().eval(), store)]
+
+    job = Fit(STAGE, model, torch.optim.Adam(model.parameters(), lr=m.lr), loader.batches, loss, total_steps=m.steps,
+              grad_clip=m.grad_clip, extra_state={"z_size": cfg.vae.z_size, "actions": actions}, pictures=pictures)
+    return f"train-mdnrnn: finished at step {fit(cfg, run, job)}"

@@ -56,11 +56,11 @@ def train_vae(cfg: Config, run_dir: str | Path) -> str:
         total, recon_loss, kl_loss = vae_loss(x, recon, mu.float(), logvar.float(), cfg.vae.kl_tolerance)
         return total, {"recon": recon_loss.detach(), "kl": kl_loss.detach()}
 
-    job = Fit(STAGE, model, torch.optim.Adam(model.parameters(), lr=cfg.vae.lr), loader.batches, loss,
-              total_steps=cfg.vae.steps, extra_state={"z_size": cfg.vae.z_size})
-    step = fit(cfg, run, job)
-    from worldmodels.plots import plot_losses, plot_reconstructions
+    def pictures() -> list[Path]:
+        from worldmodels.plots import plot_losses, plot_reconstructions
 
-    plot_losses(run, STAGE)
-    plot_reconstructions(run, model.cpu().eval(), store)
-    return f"train-vae: finished at step {step}"
+        return [plot_losses(run, STAGE), plot_reconstructions(run, model.cpu().eval(), store)]
+
+    job = Fit(STAGE, model, torch.optim.Adam(model.parameters(), lr=cfg.vae.lr), loader.batches, loss,
+              total_steps=cfg.vae.steps, extra_state={"z_size": cfg.vae.z_size}, pictures=pictures)
+    return f"train-vae: finished at step {fit(cfg, run, job)}"

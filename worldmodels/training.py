@@ -67,6 +67,7 @@ class Fit:
     total_steps: int
     grad_clip: float | None = None
     extra_state: dict[str, Any] | None = None  # saved with every checkpoint (e.g. model sizes)
+    pictures: Callable[[], list[Path]] | None = None  # draws the report's pictures of the trained model
 
 
 def fit(cfg: Config, run: RunDir, job: Fit) -> int:
@@ -115,4 +116,6 @@ def fit(cfg: Config, run: RunDir, job: Fit) -> int:
             if ckpt.due(step) or step == job.total_steps or stop.requested:
                 save()
             stop.check()
+        if job.pictures is not None:
+            tracker.images({f"{job.stage}/{path.stem}": path for path in job.pictures()})
     return step
