@@ -37,10 +37,10 @@ def model_file(folder: Path, stage: str) -> Path:
 def write_folder(cfg: Config, run: RunDir, folder: Path) -> Path:
     """Write the agent of a finished run into `folder`: its config and its three models."""
     from worldmodels.checkpoint import load_file, save_file
+    from worldmodels.stages import STAGES
 
-    stages = {"train-vae": cfg.vae.steps, "train-mdnrnn": cfg.mdnrnn.steps, "train-controller": cfg.controller.generations}
-    for stage, total in stages.items():
-        state = load_file(run.finished_checkpoint(stage, total))
+    for stage in CHECKPOINTS:
+        state = load_file(run.finished_checkpoint(stage, STAGES[stage].units(cfg)))
         save_file(model_file(folder, stage), {key: state[key] for key in KEPT[CHECKPOINTS[stage]]})
     (folder / "config.yaml").write_text(config_lib.dump(cfg))
     return folder

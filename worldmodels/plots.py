@@ -141,7 +141,7 @@ def plot_fitness(run: RunDir, history: list[dict]) -> Path:
 def plot_scores(run: RunDir, results: dict) -> Path:
     """report/eval-scores.png: every episode's score per policy (dots, the mean as a bar), with the
     published random, human and DQN scores as lines to read them against."""
-    from worldmodels.reference import PUBLISHED
+    from worldmodels.reference import PUBLISHED, PUBLISHED_SOURCE
     from worldmodels.scores import policy_scores
 
     plt = pyplot()
@@ -153,9 +153,13 @@ def plot_scores(run: RunDir, results: dict) -> Path:
         ax.plot(values, y, "o", alpha=0.35, markersize=4, color=f"C{len(series) - 1 - row}")
         ax.plot([np.mean(values)] * 2, [row - 0.32, row + 0.32], color="black", linewidth=2)
         ax.annotate(f"{np.mean(values):.0f}", (np.mean(values), row + 0.34), ha="center", fontsize=7)
-    for i, (name, score) in enumerate(PUBLISHED.items()):
-        ax.axvline(score, color="grey", linestyle=(0, (2, 2 + i)), linewidth=1)
-        ax.annotate(name, (score, len(series) - 0.5), rotation=90, va="top", ha="right", fontsize=7, color="dimgrey")
+    for score in PUBLISHED.values():
+        ax.axvline(score, color="grey", linestyle=":", linewidth=1)
+    # the published scores are named on a top axis of their own, clear of the dots
+    top = ax.secondary_xaxis("top")
+    top.set_xticks(list(PUBLISHED.values()), [f"{name.split(' (')[0]} {score:g}" for name, score in PUBLISHED.items()],
+                   fontsize=7, color="dimgrey")
+    top.set_xlabel("published: " + PUBLISHED_SOURCE, fontsize=7, color="dimgrey")
     ax.set_yticks(range(len(series)), list(reversed(series)))
     ax.set_ylim(-0.6, len(series) - 0.4)
     ax.set_xlim(0, max(max(PUBLISHED.values()), *(max(v) for v in series.values())) * 1.04)

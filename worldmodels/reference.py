@@ -5,4 +5,5 @@ policy, its professional human tester, and DQN. The run's own baselines (random,
 while firing) are measured on the run's evaluation episodes and sit beside these in the report.
 """
 
+PUBLISHED_SOURCE = "Mnih et al. (2015), no-op starts"
 PUBLISHED = {"random (Mnih et al. 2015)": 148.0, "human (Mnih et al. 2015)": 1668.7, "DQN (Mnih et al. 2015)": 1976.0}
