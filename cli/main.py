@@ -205,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     except WorldModelsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except PermissionError as exc:  # e.g. a colleague's run in a directory this user may not read
+        print(f"error: {exc.filename or exc}: permission denied; the run's owner can open it up (its files "
+              "follow the owner's umask: 002 shares them with the group)", file=sys.stderr)
+        return 2
     except Interrupted as exc:
         print(f"{args.command}: {exc}", file=sys.stderr)
         return REQUEUE_EXIT_CODE

@@ -1,13 +1,15 @@
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import SMOKE, assert_same_store, run_cli, start_cli, tree_digest
+from conftest import SMOKE, assert_same_store, cli_env, run_cli, start_cli, tree_digest
 from worldmodels.dataset import EpisodeStore
 
 LONGER = ["collect.episodes=8", "env.max_steps=400", "collect.envs_per_task=1"]  # ~10 s of play
@@ -201,3 +203,24 @@ def test_an_interrupted_stage_resumes_the_same_wandb_run(tmp_path, monkeypatch):
     attempts = sorted((run / "wandb" / "wandb").glob("offline-run-*"))
     assert len(attempts) == 2  # one per attempt, both the same wandb run: synced, it is one history
     assert {p.name.rsplit("-", 1)[1] for p in attempts} == {RunDir(run).run_id("collect")}
+
+
+@pytest.mark.parametrize("mask", [0o002, 0o077])
+def test_files_follow_the_umask_and_a_run_others_may_not_read_is_said_in_one_line(tmp_path, mask):
+    # a shared group project directory (umask 002) must give colleagues a readable, writable run
+    run = tmp_path / "run"
+    proc = subprocess.run(["bash", "-c", f"umask {mask:03o} && exec {sys.executable} -m worldmodels collect "
+                           f"--config {SMOKE} --run-dir {run} collect.episodes=2"], env=cli_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    files = [p for p in run.rglob("*") if p.is_file() and "wandb" not in p.parts]
+    assert files and {p.stat().st_mode & 0o777 for p in files} == {0o666 & ~mask}
+    if mask == 0o077:  # another user (nobody) asks for the status of a run it may not read
+        run.parent.chmod(0o711)  # it may reach the run, not read it
+        # The interpreter may live where nobody cannot read (root's home): the process starts as
+        # root, imports what `status` needs, then becomes nobody before the command reads the run.
+        as_nobody = ("import os, sys, pwd, cli.main, cli.views, worldmodels.status, worldmodels.sweep, jobs.status; "
+                     "u = pwd.getpwnam('nobody'); os.setgroups([]); os.setgid(u.pw_gid); os.setuid(u.pw_uid); "
+                     "sys.exit(cli.main.main(sys.argv[1:]))")
+        proc = subprocess.run([sys.executable, "-c", as_nobody, "status", str(run)], env=cli_env(), capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 2 and "permission denied" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr

@@ -33,6 +33,11 @@ def test_overrides_parse_yaml_values_and_coerce_ints_to_floats():
     ("collect.episodes=-4", "collect.episodes"),
     ("env.size=1000", "env.size"),
     ("collect=3", "collect"),
+    ("controller.sigma0=.inf", "controller.sigma0"),  # non-finite numbers, which YAML reads as floats
+    ("vae.lr=.nan", "vae.lr"),
+    ("mdnrnn.tau=-.inf", "mdnrnn.tau"),
+    ("mdnrnn.reward_scale=0", "mdnrnn.reward_scale"),  # zero where a scale divides
+    ("env.repeat_action_probability=1", "env.repeat_action_probability"),
 ])
 def test_bad_keys_and_values_are_errors_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=f"'{key}'"):
@@ -54,6 +59,14 @@ def test_preset_extends_another_and_detects_cycles(tmp_path):
         config.load(tmp_path / "loop.yaml")
     with pytest.raises(ConfigError, match="does not exist"):
         config.load(tmp_path / "missing.yaml")
+
+
+def test_an_empty_config_file_is_an_error_that_names_the_presets(tmp_path):
+    # it would silently mean the paper-scale defaults: 10,000 episodes and days of training
+    for text in ("", "# nothing yet\n"):
+        (tmp_path / "empty.yaml").write_text(text)
+        with pytest.raises(ConfigError, match="is empty: use a preset .*configs/demo.yaml"):
+            config.load(tmp_path / "empty.yaml")
 
 
 def test_configs_are_frozen(smoke_cfg):

@@ -192,3 +192,11 @@ def test_a_vae_of_another_size_is_refused_by_encode_and_train_mdnrnn(upstream, t
     shutil.copytree(run / "data" / "latents.zarr", other / "data" / "latents.zarr")
     proc = run_cli("train-mdnrnn", *base, check=False)
     assert proc.returncode == 2 and "latents of size 8, the config says vae.z_size=4" in proc.stderr
+
+
+def test_train_mdnrnn_without_v_is_refused_before_training(upstream, tmp_path):
+    # M's report decodes its dreams with V: without V it used to train every step, then fail
+    run, args = fresh_copy(upstream, tmp_path, "no-v", ("config.yaml", "data"))
+    proc = run_cli("train-mdnrnn", *args, check=False)
+    assert proc.returncode == 2 and "train-vae is not finished" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert not (run / "checkpoints" / "mdnrnn").exists()

@@ -8,6 +8,7 @@ last. Unknown keys and values of the wrong type are errors that name the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -94,6 +95,7 @@ class VAEConfig:
     def __post_init__(self) -> None:
         _check(self.z_size >= 1, "vae.z_size", "must be >= 1")
         _check(self.lr > 0, "vae.lr", "must be > 0")
+        _check(self.kl_tolerance >= 0, "vae.kl_tolerance", "must be >= 0")
         _check(self.batch_size >= 1, "vae.batch_size", "must be >= 1")
         _check(self.steps >= 1, "vae.steps", "must be >= 1")
         _check(self.block_chunks >= 1, "vae.block_chunks", "must be >= 1")
@@ -135,6 +137,8 @@ class MDNRNNConfig:
         _check(self.lr > 0, "mdnrnn.lr", "must be > 0")
         _check(self.grad_clip > 0, "mdnrnn.grad_clip", "must be > 0")
         _check(self.tau > 0, "mdnrnn.tau", "must be > 0")
+        _check(self.reward_scale > 0, "mdnrnn.reward_scale", "must be > 0 (dream rewards are divided by it)")
+        _check(self.done_weight > 0, "mdnrnn.done_weight", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -293,6 +297,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             pass
     if hint in (int, float) and isinstance(value, bool):
         raise ConfigError(f"config key '{key}' must be {_type_name(hint)}, got {value!r}")
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
     if not isinstance(value, hint):
         raise ConfigError(f"config key '{key}' must be {_type_name(hint)}, got {value!r}")
     return value
@@ -341,9 +347,12 @@ def _read_preset(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if path.resolve() in seen:
         raise ConfigError(f"config file '{path}' extends itself")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:  # an empty file would silently mean the paper-scale defaults
+        raise ConfigError(f"config file '{path}' is empty: use a preset (configs/demo.yaml for 2 cores, "
+                          "configs/spaceinvaders.yaml for the paper's scale) or start it with 'extends: PRESET'")
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping")
     parent = data.pop("extends", None)

@@ -36,6 +36,7 @@ def train_mdnrnn(cfg: Config, run_dir: str | Path) -> str:
 
     run = RunDir(run_dir)
     store = run.finished_latents(cfg)
+    run.vae_checkpoint(cfg)  # M's report decodes its dreams with V: refuse now, not after training
     device = select_device(cfg.train.device)
     actions = AtariEnv(cfg.env).num_actions
     model = build_mdnrnn(cfg, actions, device)
