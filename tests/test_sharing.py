@@ -186,7 +186,7 @@ def test_the_report_renders_in_a_browser_with_every_picture_and_video_loaded(fin
     text = browser.find_element("tag name", "body").text
     assert "1,668.7" in text and "1,976" in text and "best policy that learns nothing" in text
     rows = browser.find_elements("xpath", "//h2[text()='Stages']/following-sibling::table[1]//tr")
-    assert [r.find_elements("tag name", "td")[0].text for r in rows[1:]] == list(STAGES)
+    assert [r.find_elements("tag name", "td")[0].text for r in rows[1:]] == [s for s in STAGES if s != "report"]
     height = browser.execute_script("return document.documentElement.scrollHeight")
     browser.set_window_size(1280, height)
     shot = finished / "report" / "screenshot.png"

@@ -19,6 +19,8 @@ from worldmodels.reference import PUBLISHED
 from worldmodels.rundir import RunDir
 from worldmodels.scores import policy_scores, protocol, stats, summary_line
 
+STAGE = "report"
+
 
 def write_report(cfg: Config, run_dir: str | Path) -> str:
     """Write report/index.html from everything the run has made. Returns a line for people."""
@@ -41,7 +43,8 @@ def write_report(cfg: Config, run_dir: str | Path) -> str:
                 shutil.copy(made, report / name)
             if (report / name).is_file():
                 body.append(f'<h2>{html.escape(title)}</h2><img src="{name}" alt="{html.escape(title)}">')
-    body += ["<h2>Stages</h2>", _stages(run_status(run.path)["stages"]),
+    made = {name: info for name, info in run_status(run.path)["stages"].items() if name != STAGE}  # not this page
+    body += ["<h2>Stages</h2>", _stages(made),
              "<h2>Config</h2>", f"<details><summary>config.yaml</summary><pre>{html.escape(dump(cfg))}</pre></details>"]
     atomic_write(report / "index.html", page(f"World Models report: {run.path.name}", body).encode())
     return f"report: {report / 'index.html'}"
