@@ -24,6 +24,7 @@ from pathlib import Path
 from worldmodels.errors import Interrupted, WorldModelsError
 from worldmodels.preemption import REQUEUE_EXIT_CODE
 from worldmodels.pipeline import run_stage
+from worldmodels.rundir import CHECKPOINTS
 from worldmodels.stages import STAGES
 
 FROM_HELP = "branch from the run directory BASE: reuse its finished stages whose identity matches (read-only)"
@@ -44,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(stage.name, help=stage.help, description=stage.help)
         _config_args(p)
         p.add_argument("--from", dest="base", type=Path, metavar="BASE", help=FROM_HELP)
+        if stage.name in CHECKPOINTS:
+            p.add_argument("--restart", action="store_true", help="set the stage's checkpoints aside (kept, renamed) "
+                           "and train it from the start, e.g. when none of them verifies")
         if stage.tasks:
             p.add_argument("--task", type=int, default=0, help="which task to run (episodes k with k %% num-tasks == task)")
             p.add_argument("--num-tasks", type=int, default=1, help="how many tasks share the episodes (default 1: all)")
@@ -159,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.command in STAGES:
         line = run_stage(args.command, cfg, args.run_dir, task=getattr(args, "task", 0),
-                         num_tasks=getattr(args, "num_tasks", 1), base=args.base)
+                         num_tasks=getattr(args, "num_tasks", 1), base=args.base, restart=getattr(args, "restart", False))
         if line:
             print(line)
         return 0

@@ -139,7 +139,7 @@ def test_a_resumed_run_survives_a_corrupt_newest_checkpoint_and_still_ends_ident
     directory = cut / "checkpoints" / "mdnrnn"
     (directory / "step-000000040.pt").write_bytes(b"\0" * 100)  # the final checkpoint is damaged
     rerun = run_cli("train-mdnrnn", *cut_args)
-    assert "falling back" in rerun.stderr and "resuming from step 35" in rerun.stderr
+    assert "setting aside step-000000040.pt as corrupt" in rerun.stderr and "resuming from step 35" in rerun.stderr
     assert_bitwise_equal(final_state(whole, "train-mdnrnn")["model"], final_state(cut, "train-mdnrnn")["model"])
 
 
@@ -200,3 +200,36 @@ def test_train_mdnrnn_without_v_is_refused_before_training(upstream, tmp_path):
     proc = run_cli("train-mdnrnn", *args, check=False)
     assert proc.returncode == 2 and "train-vae is not finished" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert not (run / "checkpoints" / "mdnrnn").exists()
+
+
+def test_a_writer_sets_a_corrupt_checkpoint_aside_so_it_holds_no_keep_place_and_clears_torn_writes(tmp_path):
+    ckpt = Checkpointer(tmp_path, every_steps=1, every_s=1e9, keep=2)
+    for step in (1, 2, 3):
+        ckpt.save(step, {"step": step})
+    newest = tmp_path / "step-000000003.pt"
+    newest.write_bytes(newest.read_bytes()[:-10])  # torn
+    (tmp_path / ".step-000000004.pt.k2j3x.tmp").write_bytes(b"a write killed midway")
+    assert ckpt.resume("train-vae")["step"] == 2
+    assert ckpt.steps() == [2] and (tmp_path / "step-000000003.pt.corrupt").is_file()
+    assert not list(tmp_path.glob(".*.tmp"))
+    ckpt.save(4, {"step": 4})
+    assert ckpt.steps() == [2, 4]  # two good checkpoints kept, none displaced by the corrupt one
+
+
+def test_when_no_checkpoint_verifies_training_stops_and_restart_starts_over(upstream, tmp_path):
+    run, args = fresh_copy(upstream, tmp_path, "corrupt", ("config.yaml", "data"))
+    run_cli("train-vae", *args)
+    reference = final_state(run, "train-vae")
+    directory = run / "checkpoints" / "vae"
+    for path in directory.glob("step-*.pt"):  # a flipped byte in every checkpoint
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    proc = run_cli("train-vae", *args, check=False)  # never a silent start from step 0
+    assert proc.returncode == 2 and "none of its 3 checkpoints" in proc.stderr and "--restart" in proc.stderr, proc.stderr
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [proc.stderr.splitlines()[-1]]
+    assert not list(directory.glob("step-*.json"))
+    run_cli("train-vae", *args, "--restart")
+    assert_bitwise_equal(final_state(run, "train-vae")["model"], reference["model"])
+    (aside,) = run.joinpath("checkpoints").glob("vae.before-restart-*")
+    assert len(list(aside.glob("*.corrupt"))) == 6  # kept, not deleted

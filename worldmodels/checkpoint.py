@@ -54,12 +54,37 @@ class Checkpointer:
         return sorted(int(p.stem.split("-")[1]) for p in self.directory.glob("step-*.json"))
 
     def load_latest(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
-        """The newest checkpoint that verifies and loads, or None when there is none."""
+        """The newest checkpoint that verifies and loads, or None when there is none (for readers:
+        nothing is changed on disk, which may be another run's, read-only)."""
         for step in reversed(self.steps()):
             try:
                 return load_file(self.directory / f"step-{step:09d}.pt", map_location)
             except DataError as exc:
                 log.warning("skipping checkpoint: %s; falling back to the previous one", exc)
+        return None
+
+    def resume(self, stage: str, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+        """For the stage writing here: the newest checkpoint that verifies, or None for a fresh start.
+
+        Leftovers of interrupted writes are removed; a checkpoint that does not verify is set aside
+        as `*.corrupt` (it no longer holds one of the keep-last-K places); and when checkpoints
+        exist but none verifies, this refuses rather than silently starting over.
+        """
+        for leftover in self.directory.glob(".step-*.tmp"):  # a kill mid-write (one writer per stage)
+            leftover.unlink(missing_ok=True)
+        steps = self.steps()
+        for step in reversed(steps):
+            path = self.directory / f"step-{step:09d}.pt"
+            try:
+                return load_file(path, map_location)
+            except DataError as exc:
+                log.warning("setting aside %s as corrupt (%s); falling back to the previous one", path.name, exc)
+                for part in (path, path.with_suffix(".json")):
+                    if part.exists():
+                        part.replace(part.with_name(part.name + ".corrupt"))
+        if steps:
+            raise DataError(f"{stage}: none of its {len(steps)} checkpoints in {self.directory} verifies (set aside as "
+                            f"*.corrupt); rerun with --restart to train it from the start")
         return None
 
 

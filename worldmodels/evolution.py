@@ -135,7 +135,7 @@ def _train(cfg: Config, run: RunDir, group) -> dict[str, Any]:
 
     state = None
     if group.rank == 0:
-        saved = ckpt.load_latest()
+        saved = ckpt.resume(STAGE)
         if saved is not None:
             if int(saved["size"]) != size:
                 raise DataError(f"{ckpt.directory}: controller checkpoint has {saved['size']} parameters, "

@@ -8,23 +8,45 @@ stage is reused, in which case there is nothing to do.
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 from worldmodels import identity
 from worldmodels.config import Config
+from worldmodels.rundir import RunDir
 from worldmodels.stages import STAGES, chain
+
+log = logging.getLogger("worldmodels")
 
 
 def run_stage(name: str, cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1,
-              base: str | Path | None = None) -> str:
+              base: str | Path | None = None, restart: bool = False) -> str:
     """Run one stage (one task of it for task stages) in-process, after checking its identity (and
-    branching from `base`); returns a line for people (empty on MPI ranks that only serve the master)."""
+    branching from `base`); returns a line for people (empty on MPI ranks that only serve the master).
+    `restart` (training stages) sets the stage's checkpoints aside first, so it trains from the start."""
     stage = STAGES[name]
     for needed in chain(name):
         STAGES[needed].check_config(cfg)
     run = identity.begin(cfg, run_dir, name, base)
     if run.owner(name) is not run:
         return f"{name}: reused from {run.owner(name).path} (finished there with the same identity)"
+    if restart:
+        _set_checkpoints_aside(run, name)
     if stage.tasks:
         return stage.function()(cfg, run.path, task, num_tasks)
     return stage.function()(cfg, run.path)
+
+
+def _set_checkpoints_aside(run: RunDir, name: str) -> None:
+    """Move a training stage's checkpoints out of its way (kept, not deleted: a restart must not lose
+    anything by mistake); under MPI the master moves them while the other ranks wait."""
+    from worldmodels.distributed import world
+
+    group = world()
+    directory = run.checkpoints(name)
+    if group.rank == 0 and directory.exists():
+        aside = directory.with_name(f"{directory.name}.before-restart-{time.strftime('%Y%m%d-%H%M%S')}")
+        directory.rename(aside)
+        log.info("%s: restarting; its checkpoints are now in %s", name, aside)
+    group.barrier()

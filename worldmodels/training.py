@@ -77,7 +77,7 @@ def fit(cfg: Config, run: RunDir, job: Fit) -> int:
     ckpt = checkpointer(cfg, run, job.stage)
     own = digest(identity(cfg, job.stage))
     step = 0
-    state = ckpt.load_latest()
+    state = ckpt.resume(job.stage)
     if state is not None:
         if state.get("identity") != own:
             raise DataError(f"{ckpt.directory}: checkpoints were written for another identity of {job.stage}")
