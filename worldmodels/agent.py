@@ -66,17 +66,17 @@ class Agent:
         if (path / "models").is_dir() and (path / "config.yaml").is_file():
             cfg = config_lib.load(path / "config.yaml", overrides)
             vae, mdnrnn = (vae_from(model_file(path, "train-vae"), cfg), mdnrnn_from(model_file(path, "train-mdnrnn"), cfg))
-            size = controller_size(cfg.vae.z_size, mdnrnn.hidden, mdnrnn.actions)
-            return cls(cfg, vae, mdnrnn, controller_from(model_file(path, "train-controller"), cfg, size), str(source))
-        run = RunDir(path)
-        saved = run.saved_config() if path.is_dir() else None
-        if saved is None:
-            raise DataError(f"no agent at {source}: not an agent folder (models/ and config.yaml), a run directory "
-                            "or a Hub repository id (USER/NAME)")
-        cfg = config_lib.override(saved, overrides)
-        vae, mdnrnn = run.load_vae(cfg), run.load_mdnrnn(cfg)
-        size = controller_size(cfg.vae.z_size, mdnrnn.hidden, mdnrnn.actions)
-        return cls(cfg, vae, mdnrnn, run.load_controller(cfg, size)[0], str(source))
+            controller = lambda size: controller_from(model_file(path, "train-controller"), cfg, size)  # noqa: E731
+        else:
+            run = RunDir(path)
+            saved = run.saved_config() if path.is_dir() else None
+            if saved is None:
+                raise DataError(f"no agent at {source}: not an agent folder (models/ and config.yaml), a run directory "
+                                "or a Hub repository id (USER/NAME)")
+            cfg = config_lib.override(saved, overrides)
+            vae, mdnrnn = run.load_vae(cfg), run.load_mdnrnn(cfg)
+            controller = lambda size: run.load_controller(cfg, size)[0]  # noqa: E731
+        return cls(cfg, vae, mdnrnn, controller(controller_size(cfg.vae.z_size, mdnrnn.hidden, mdnrnn.actions)), str(source))
 
     def policy(self, batch: int):
         import torch

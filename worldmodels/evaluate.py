@@ -26,7 +26,7 @@ from worldmodels.distributed import task_episodes
 from worldmodels.preemption import StopFlag
 from worldmodels.files import atomic_write
 from worldmodels.rundir import RunDir
-from worldmodels.scores import protocol_name
+from worldmodels.scores import by_policy, protocol_name
 from worldmodels.tracking import Tracker, log
 
 STAGE = "evaluate"
@@ -96,8 +96,8 @@ def evaluate(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1
         if r is not None:  # this task completed the results: it logs them
             tracker.images({f"{STAGE}/scores": run.report_dir / "eval-scores.png"})
             tracker.table(f"{STAGE}/episodes", ["protocol", "policy", "episode", "seed", "score"],
-                          [[protocol_name(cfg), name, k, r["seeds"][k], score] for name, scores in _scores(run).items()
-                           for k, score in sorted(scores.items()) if k < r["episodes"]])
+                          [[protocol_name(cfg), name, k, r["seeds"][k], score] for name, scores in by_policy(r).items()
+                           for k, score in enumerate(scores)])
     if r is None:
         return f"evaluate: {len(owned)} episodes scored; results.json waits for the other tasks"
     best = max(h["mean"] for h in r["heuristics"].values())

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from worldmodels.config import Config
 from worldmodels.errors import ConfigError, DataError
-from worldmodels.reference import PUBLISHED
+from worldmodels.reference import PUBLISHED, PUBLISHED_SOURCE
 from worldmodels.rundir import RunDir
 from worldmodels.scores import policy_scores, protocol, stats, summary_line
 
@@ -49,7 +49,7 @@ def model_card(cfg: Config, results: dict | None, model_ref: str, replay_src: st
                   "| policy | mean | std | min | max | distinct scores |", "| --- | --- | --- | --- | --- | --- |"]
         lines += ["| {} | {mean:.1f} | {std:.1f} | {min:g} | {max:g} | {distinct} |".format(name, **stats(s))
                   for name, s in policy_scores(results).items()]
-        lines += ["", "Published scores for reference: " + "; ".join(f"{n} {v:,}" for n, v in PUBLISHED.items()) + ".", ""]
+        lines += ["", f"Published scores for reference ({PUBLISHED_SOURCE}): " + "; ".join(f"{n} {v:,}" for n, v in PUBLISHED.items()) + ".", ""]
     lines += ["## Usage", "", "With the `worldmodels` project installed (`make setup` in its checkout), play the "
               "evaluation's first episodes, on the same seeds, and record the first one:", "", "```bash",
               f"python -m worldmodels play --model {model_ref} --episodes 3 --video replay.mp4", "```", "",

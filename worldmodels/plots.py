@@ -157,7 +157,7 @@ def plot_scores(run: RunDir, results: dict) -> Path:
         ax.axvline(score, color="grey", linestyle=":", linewidth=1)
     # the published scores are named on a top axis of their own, clear of the dots
     top = ax.secondary_xaxis("top")
-    top.set_xticks(list(PUBLISHED.values()), [f"{name.split(' (')[0]} {score:g}" for name, score in PUBLISHED.items()],
+    top.set_xticks(list(PUBLISHED.values()), [f"{name} {score:g}" for name, score in PUBLISHED.items()],
                    fontsize=7, color="dimgrey")
     top.set_xlabel("published: " + PUBLISHED_SOURCE, fontsize=7, color="dimgrey")
     ax.set_yticks(range(len(series)), list(reversed(series)))

@@ -6,4 +6,4 @@ while firing) are measured on the run's evaluation episodes and sit beside these
 """
 
 PUBLISHED_SOURCE = "Mnih et al. (2015), no-op starts"
-PUBLISHED = {"random (Mnih et al. 2015)": 148.0, "human (Mnih et al. 2015)": 1668.7, "DQN (Mnih et al. 2015)": 1976.0}
+PUBLISHED = {"random": 148.0, "human": 1668.7, "DQN": 1976.0}

@@ -15,7 +15,7 @@ from pathlib import Path
 from worldmodels.config import Config, dump
 from worldmodels.files import atomic_write
 from worldmodels.pages import page, table
-from worldmodels.reference import PUBLISHED
+from worldmodels.reference import PUBLISHED, PUBLISHED_SOURCE
 from worldmodels.rundir import RunDir
 from worldmodels.scores import policy_scores, protocol, stats, summary_line
 
@@ -57,7 +57,7 @@ def _scores(cfg: Config, results: dict) -> list[str]:
     return [f'<p class="lead">{html.escape(summary_line(results))}</p>', "<h2>Scores</h2>",
             f"<p>{html.escape(protocol(cfg, results))}.</p>",
             table(["policy", "mean", "std", "min", "max", "distinct scores"], rows, numeric={1, 2, 3, 4, 5}),
-            "<p>Published scores to read them against (mean episode return, no-op starts):</p>",
+            f"<p>Published scores to read them against (mean episode return; {PUBLISHED_SOURCE}):</p>",
             table(["agent", "score"], published, numeric={1})]
 
 

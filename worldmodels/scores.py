@@ -11,16 +11,21 @@ import numpy as np
 from worldmodels.config import Config
 
 
+def by_policy(results: dict[str, Any]) -> dict[str, list[float]]:
+    """Each policy's episode scores under evaluate's names (controller, random, always_fire, ...)."""
+    return {"controller": results["scores"], "random": results["random"]["scores"],
+            **{name: r["scores"] for name, r in results["heuristics"].items()}}
+
+
 def policy_scores(results: dict[str, Any]) -> dict[str, list[float]]:
-    """Each policy's episode scores, the controller first, then the baselines that learn nothing."""
-    rows = {f"controller ({results.get('which', 'best')})": results["scores"], "random policy": results["random"]["scores"]}
-    return rows | {name.replace("_", " "): r["scores"] for name, r in results["heuristics"].items()}
+    """by_policy under names for people: the controller first, then the baselines that learn nothing."""
+    names = {"controller": f"controller ({results.get('which', 'best')})", "random": "random policy"}
+    return {names.get(name, name.replace("_", " ")): scores for name, scores in by_policy(results).items()}
 
 
 def best_baseline(results: dict[str, Any]) -> tuple[str, float]:
-    """The no-learning policy with the highest mean, and that mean."""
-    baselines = {"random policy": results["random"]["mean"],
-                 **{name.replace("_", " "): r["mean"] for name, r in results["heuristics"].items()}}
+    """The no-learning policy with the highest mean (its name for people), and that mean."""
+    baselines = {name: float(np.mean(scores)) for name, scores in list(policy_scores(results).items())[1:]}
     name = max(baselines, key=baselines.get)
     return name, baselines[name]
 
