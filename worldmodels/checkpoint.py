@@ -13,12 +13,10 @@ import hashlib
 import io
 import json
 import logging
-import random
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from worldmodels.errors import DataError
@@ -95,7 +93,7 @@ def save_file(path: str | Path, state: dict[str, Any], summary: dict[str, Any] |
     torch.save(state, buffer)
     data = buffer.getvalue()
     atomic_write(path, data)
-    marker = {**(summary or {}), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "time": time.time()}
+    marker = {**(summary or {}), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     atomic_write(path.with_suffix(".json"), json.dumps(marker).encode())
     return path
 
@@ -117,6 +115,17 @@ def load_file(path: str | Path, map_location: str | torch.device = "cpu") -> dic
         raise DataError(f"{path}: cannot load checkpoint ({type(exc).__name__}: {exc})") from None
 
 
+def model_digest(model: torch.nn.Module) -> str:
+    """A digest of a model's parameters and buffers by content (names, dtypes, shapes, values): what
+    downstream data records it was made by, so that a bit-identical retrained model still matches
+    whatever file, device or torch.save framing it came through."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def latest_step(directory: str | Path) -> int | None:
     """The newest marked step in a checkpoint directory, read without loading anything."""
     steps = Checkpointer(directory, every_steps=1, every_s=0, keep=1).steps()
@@ -136,43 +145,21 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
     model.load_state_dict(state)
 
 
-# --- every random state, so that a resumed run draws exactly what an uninterrupted one would ------
+# --- the random states a training step draws from, so that a resumed run draws what an uninterrupted one would
 
 
-def rng_state(generator: np.random.Generator | None = None) -> dict[str, Any]:
-    """Python, numpy (global and `generator`), torch CPU and CUDA random states."""
-    state = {
-        "python": _plain(random.getstate()),
-        "numpy": _plain(np.random.get_state(legacy=False)),
-        "torch": torch.get_rng_state(),
-    }
-    if generator is not None:
-        state["generator"] = _plain(generator.bit_generator.state)
+def rng_state() -> dict[str, Any]:
+    """torch's CPU and CUDA random states: the only global generators training draws from (each
+    stage seeds them first). Python's and numpy's global states are left out: nothing here draws
+    from them, and unseeded they would make two identical runs' checkpoints differ."""
+    state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def set_rng_state(state: dict[str, Any], generator: np.random.Generator | None = None) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what rng_state saved."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if generator is not None:
-        generator.bit_generator.state = state["generator"]
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _plain(value: Any) -> Any:
-    """numpy arrays and scalars inside RNG states as lists and ints (allowed by weights_only)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.integer):
-        return int(value)
-    return value

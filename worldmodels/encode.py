@@ -3,17 +3,18 @@
 The latents store mirrors the rollouts (same episodes, same slots, same per-step actions,
 rewards and flags), so M trains from it alone. Like collect, work is split into tasks that own
 disjoint episodes, each episode is committed whole, and a rerun encodes only what is missing.
-The store records which VAE checkpoint made it: latents of two different Vs never mix.
+The store records which V made it, by the digest of its parameters: latents of two different Vs
+never mix, and a V retrained bit for bit is the same V.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from worldmodels.checkpoint import model_digest
 from worldmodels.config import Config
 from worldmodels.dataset import EpisodeStore, Field
 from worldmodels.distributed import task_episodes
@@ -33,7 +34,8 @@ def open_latents(cfg: Config, run: RunDir, rollouts: EpisodeStore, vae_digest: s
     store = EpisodeStore.create(run.latents, fields=fields, episodes=rollouts.num_episodes, slot=rollouts.slot,
                                 chunk_steps=int(rollouts.attrs["chunk_steps"]), attrs={**rollouts.attrs, "vae": vae_digest})
     if store.attrs.get("vae") != vae_digest:
-        raise DataError(f"{store.path} was encoded with another VAE checkpoint; remove it to re-encode")
+        raise DataError(f"{store.path} was encoded with another V (parameters {store.attrs.get('vae')}, this V's are "
+                        f"{vae_digest}); remove it to re-encode")
     return store
 
 
@@ -44,10 +46,9 @@ def encode(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1) 
     owned = task_episodes(cfg.collect.episodes, task, num_tasks)
     run = RunDir(run_dir)
     rollouts = run.finished_rollouts()
-    path = run.vae_checkpoint(cfg)
     device = select_device(cfg.train.device)
     vae = run.load_vae(cfg, device)
-    store = open_latents(cfg, run, rollouts, hashlib.sha256(path.read_bytes()).hexdigest()[:16])
+    store = open_latents(cfg, run, rollouts, model_digest(vae))
     lengths = store.lengths()
     todo = [k for k in owned if lengths[k] == 0]
     index = rollouts.index()

@@ -10,12 +10,16 @@ depends only on (candidate, generation, rollout), so any number of ranks gives t
 The checkpoint after every generation holds the pickled CMA-ES (its sampler's random state
 included), the generation, the fitness history and the best solution so far: a run interrupted
 anywhere and rerun ends with the same history and the same final mean.
+
+CMA-ES's linear algebra (numpy's BLAS) runs on one thread whatever the launcher: a BLAS sums in
+another order on another number of threads, and one process on two cores (two threads) and
+`mpirun -n 2` (ranks bound to one core each) drifted apart in the last bits within a few
+generations. One thread is the count every launcher can give; at N=1,734 it costs nothing measurable.
 """
 
 from __future__ import annotations
 
 import contextlib
-import pickle
 import signal
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from worldmodels import seeds
+from worldmodels import cma_internals, seeds
 from worldmodels.checkpoint import Checkpointer
 from worldmodels.config import Config
 from worldmodels.controller import WorldModelPolicy, act, controller_size, unflatten
@@ -102,15 +106,18 @@ def dream_returns(cfg: Config, mdnrnn, starts: np.ndarray, params: np.ndarray, j
 def es_bytes(es) -> torch.Tensor:
     """The pickled CMA-ES as a uint8 tensor: torch.save writes a tensor's bytes as they are,
     while a 50 MB `bytes` object (full covariance at N=1,734) costs it 0.4 s per generation."""
-    return torch.frombuffer(bytearray(es.pickle_dumps()), dtype=torch.uint8)
+    return torch.frombuffer(bytearray(cma_internals.dumps(es)), dtype=torch.uint8)
 
 
 def train_controller(cfg: Config, run_dir: str | Path) -> str:
     """Run CMA-ES to cfg.controller.generations (resuming from the newest checkpoint); returns a
     line for people (empty on the ranks other than the master)."""
+    from threadpoolctl import threadpool_limits
+
     group = world()
     try:
-        summary = _train(cfg, RunDir(run_dir), group)
+        with threadpool_limits(limits=1, user_api="blas"):  # the same sums under every launcher
+            summary = _train(cfg, RunDir(run_dir), group)
     except (Interrupted, KeyboardInterrupt):
         raise
     except BaseException:
@@ -140,7 +147,7 @@ def _train(cfg: Config, run: RunDir, group) -> dict[str, Any]:
             if int(saved["size"]) != size:
                 raise DataError(f"{ckpt.directory}: controller checkpoint has {saved['size']} parameters, "
                                 f"the world model needs {size}")
-            es = pickle.loads(saved["es"].numpy().tobytes())
+            es = cma_internals.loads(saved["es"].numpy().tobytes())
             state = {"generation": int(saved["generation"]), "history": list(saved["history"]),
                      "best": saved["best"].numpy(), "best_fitness": float(saved["best_fitness"])}
             log.info("train-controller: resuming after generation %d", state["generation"])
@@ -160,7 +167,8 @@ def _train(cfg: Config, run: RunDir, group) -> dict[str, Any]:
         while generation < c.generations:
             if group.bcast(stop.requested if group.rank == 0 else None):
                 raise Interrupted(stop.signum or signal.SIGTERM)  # every rank, together
-            solutions = group.bcast(np.asarray(es.ask()) if group.rank == 0 else None)
+            asked = es.ask() if group.rank == 0 else None
+            solutions = group.bcast(np.asarray(asked) if group.rank == 0 else None)
             jobs = [(p, r) for p in range(len(solutions)) for r in range(c.rollouts)]
             returns = _evaluate_share(cfg, group, workers, vae, mdnrnn, starts, solutions, jobs, generation,
                                       "controller.train", stop, envs)
@@ -171,7 +179,9 @@ def _train(cfg: Config, run: RunDir, group) -> dict[str, Any]:
                                            generation, "controller.rescore", stop, envs, mode="real")
             if group.rank == 0:
                 fitness = returns.reshape(len(solutions), c.rollouts).mean(axis=1)
-                es.tell(list(solutions), list(-fitness))  # cma minimises
+                # cma minimises; it is told the arrays it asked with, not the broadcast's copies, whose
+                # unpickled dtypes would pickle into the checkpoint differently under MPI
+                es.tell(asked, list(-fitness))
                 generation += 1
                 record = {"generation": generation, "best": float(fitness.max()), "mean": float(fitness.mean()),
                           "worst": float(fitness.min()), "sigma": float(es.sigma)}
