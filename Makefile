@@ -20,7 +20,7 @@ export WANDB_SILENT ?= true
 
 .PHONY: slurm-up slurm-down submit submit-collect submit-vae submit-encode submit-mdnrnn submit-controller submit-eval submit-report submit-pipeline
 .PHONY: help setup system-packages test demo stage collect train-vae encode train-mdnrnn train-controller evaluate report status bench clean
-.PHONY: sweep submit-sweep compare play push
+.PHONY: sweep submit-sweep compare play push verify
 .PHONY: container-docker container-apptainer container-test container-lock
 
 help: ## list the targets
@@ -171,6 +171,9 @@ compare: setup ## mean, 95% CI and IQM over seeds per point of SWEEP_DIR (or of 
 
 status: setup ## show where each stage of RUN_DIR (or each point of a sweep folder) stands
 	$(PY) -m worldmodels status $(RUN_DIR)
+
+verify: setup ## read back every dataset chunk and checkpoint of RUN_DIR (REPAIR=1: drop what is damaged)
+	$(PY) -m worldmodels verify $(RUN_DIR) $(if $(REPAIR),--repair)
 
 bench: setup ## run the benchmarks: each hot path against its physical limit
 	$(PY) benchmarks/collect.py

@@ -5,6 +5,7 @@
     python -m worldmodels sweep --config C --sweep-dir DIR [--from BASE] --grid key=a,b key=1,2,3
     python -m worldmodels compare SWEEP_DIR_OR_RUNS... [--out DIR]
     python -m worldmodels status DIR [--json]
+    python -m worldmodels verify DIR [--repair]
     python -m worldmodels stages [--plain]
     python -m worldmodels push --run-dir DIR --repo-id USER/NAME | --dry-run FOLDER
     python -m worldmodels play --model FOLDER|RUN_DIR|USER/NAME [--episodes N] [--video OUT.mp4] [--sticky]
@@ -92,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="show where each stage of a run directory (or each point of a sweep) stands")
     p.add_argument("run_dir", type=Path, metavar="DIR", help="a run directory or a sweep folder")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+    p = sub.add_parser("verify", help="read back every dataset chunk and checkpoint of a run and say what is damaged")
+    p.add_argument("run_dir", type=Path, metavar="DIR", help="a run directory")
+    p.add_argument("--repair", action="store_true",
+                   help="drop damaged episodes and set damaged checkpoints aside, so that rerunning their stages makes them again")
     return parser
 
 
@@ -125,6 +131,16 @@ def run(args: argparse.Namespace) -> int:
 
         print_status(args.run_dir, as_json=args.json)
         return 0
+    if args.command == "verify":
+        from worldmodels.verify import verify
+
+        problems, notes, sound = verify(args.run_dir, repair=args.repair)
+        for line in problems:
+            print(f"damaged: {line}")
+        for line in notes:
+            print(line)
+        print(f"verify: {'sound' if sound else 'damaged'} ({len(problems)} problems{', repaired' if problems and sound else ''})")
+        return 0 if sound else 1
     if args.command == "compare":
         from worldmodels.compare import compare
 

@@ -43,7 +43,7 @@ class StageJob(submitit.helpers.Checkpointable):
                  info["restart"], info["host"], f" in container {info['container']}" if info["container"] else "", run_dir)
         cfg = config_lib.from_dict(config)
         try:
-            line = run_stage(self.stage, cfg, Path(run_dir), task, num_tasks)
+            line = run_stage(self.stage, cfg, Path(run_dir), task, num_tasks, job=info["job_id"])
         except Interrupted as exc:
             log.info("%s: progress saved after signal %d", self.stage, exc.signum)
             slurm_env.requeue_after_preemption(exc.signum)

@@ -83,15 +83,78 @@ def test_missing_and_foreign_stores_are_clear_errors(tmp_path):
         EpisodeStore.open(tmp_path / "other.zarr")
 
 
-def test_a_corrupt_chunk_is_reported_with_its_array(tmp_path):
+def chunk_file(store: EpisodeStore, name: str, chunk: int) -> Path:
+    from worldmodels.zarr_internals import chunk_key
+
+    return store.path / name / chunk_key(store.array(name), chunk)
+
+
+def flip_a_bit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_bit_or_a_missing_chunk_is_an_error_naming_array_chunk_and_episode(tmp_path):
     store = make_store(tmp_path / "s.zarr")
-    store.write_episode(0, fake_episode(0), ret=0.0, seed=0)
-    chunk = next((tmp_path / "s.zarr" / "frames" / "c").rglob("*"))
-    while chunk.is_dir():
-        chunk = next(chunk.iterdir())
-    chunk.write_bytes(b"garbage")
-    with pytest.raises(DataError, match="frames"):
-        EpisodeStore.open(tmp_path / "s.zarr").read_episode(0)
+    for k in (0, 5):
+        episode = fake_episode(k)
+        episode["rewards"][:] = 0  # a chunk of zeros is stored too: its absence is damage, not zeros
+        store.write_episode(k, episode, ret=0.0, seed=k)
+    assert chunk_file(store, "rewards", 5).is_file()
+    flip_a_bit(chunk_file(store, "frames", 5 * store.slot // store.array("frames").chunks[0]))  # in the compressed bytes
+    chunk_file(store, "rewards", 0).unlink()
+    store = EpisodeStore.open(tmp_path / "s.zarr")
+    with pytest.raises(DataError, match=r"/frames: chunk c/\d+/0/0/0 of episode 5 does not verify .*verify .* --repair"):
+        store.read_episode(5)
+    with pytest.raises(DataError, match="/rewards: chunk c/0 of episode 0 is missing"):
+        store.read_episode(0, ["rewards"])
+    assert store.read_episode(0, ["frames"])["frames"].shape[0] > 0  # undamaged arrays still read
+    assert [(name, why.split()[0]) for name, _, why in store.damaged_chunks(5)] == [("frames", "does")]
+    assert store.damaged_chunks(0) == [("rewards", 0, "is missing")]
+    chunk_file(store, "episodes/seed", 5).unlink()
+    with pytest.raises(DataError, match="episodes/seed: chunk c/5 of episode 5 is missing"):
+        store.index()
+    store.uncommit(5)
+    assert list(store.complete()) == [0]
+
+
+def test_a_store_of_the_previous_format_is_refused_saying_why(tmp_path):
+    import zarr
+
+    make_store(tmp_path / "s.zarr")
+    group = zarr.open_group(str(tmp_path / "s.zarr"), mode="r+")
+    group.attrs["format"] = "worldmodels.episodes/2"
+    with pytest.raises(DataError, match="format worldmodels.episodes/2.*no checksums.*collect it again"):
+        EpisodeStore.open(tmp_path / "s.zarr")
+
+
+def test_damage_in_a_real_run_stops_training_in_one_line_and_verify_repair_then_collect_restores_it(tmp_path):
+    from conftest import assert_same_store
+    import json
+    import shutil
+
+    good = tmp_path / "good"
+    run_cli("collect", "--config", SMOKE, "--run-dir", good)
+    run = tmp_path / "run"
+    shutil.copytree(good, run)
+    store = EpisodeStore.open(run / "data" / "rollouts.zarr")
+    flip_a_bit(chunk_file(store, "frames", 0))  # episode 0: the first that train-vae reads
+    chunk_file(store, "rewards", 3 * store.slot // store.array("rewards").chunks[0]).unlink()
+    proc = run_cli("train-vae", "--config", SMOKE, "--run-dir", run, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "rollouts.zarr/frames: chunk c/0/0/0/0 of episode 0 does not verify" in proc.stderr
+    proc = run_cli("verify", run, check=False)
+    assert proc.returncode == 1
+    damaged = [line for line in proc.stdout.splitlines() if line.startswith("damaged:")]
+    assert len(damaged) == 2 and "episode 0" in damaged[0] and "rewards: chunk c/3 of episode 3 is missing" in damaged[1]
+    proc = run_cli("verify", run, "--repair")
+    assert "rerun collect" in proc.stdout and "verify: sound (2 problems, repaired)" in proc.stdout
+    status = json.loads(run_cli("status", run, "--json").stdout)["stages"]["collect"]
+    assert status["episodes_done"] == 4 and status["state"] != "done"
+    assert "(2 collected now)" in run_cli("collect", "--config", SMOKE, "--run-dir", run).stdout
+    assert_same_store(good / "data" / "rollouts.zarr", run / "data" / "rollouts.zarr")
+    assert run_cli("verify", run).stdout.strip().endswith("verify: sound (0 problems)")
 
 
 def test_rollouts_are_readable_by_tensorstore_without_this_package(tmp_path):

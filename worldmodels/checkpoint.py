@@ -77,13 +77,18 @@ class Checkpointer:
                 return load_file(path, map_location)
             except DataError as exc:
                 log.warning("setting aside %s as corrupt (%s); falling back to the previous one", path.name, exc)
-                for part in (path, path.with_suffix(".json")):
-                    if part.exists():
-                        part.replace(part.with_name(part.name + ".corrupt"))
+                self.set_aside(step)
         if steps:
             raise DataError(f"{stage}: none of its {len(steps)} checkpoints in {self.directory} verifies (set aside as "
                             f"*.corrupt); rerun with --restart to train it from the start")
         return None
+
+
+    def set_aside(self, step: int) -> None:
+        """Rename checkpoint `step` (data and marker) to `*.corrupt`: kept for a look, counted nowhere."""
+        for part in (self.directory / f"step-{step:09d}.pt", self.directory / f"step-{step:09d}.json"):
+            if part.exists():
+                part.replace(part.with_name(part.name + ".corrupt"))
 
 
 def save_file(path: str | Path, state: dict[str, Any], summary: dict[str, Any] | None = None) -> Path:

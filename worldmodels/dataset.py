@@ -8,6 +8,11 @@ Layout (documented for outside readers in the README):
 - `episodes/{start,length,return,seed}` [episodes], one chunk per episode, is the index.
   `length` is written last, atomically (zarr's LocalStore renames a temporary file into place),
   so it is the commit marker: an episode with length 0 is absent, whatever rows exist for it.
+- every chunk ends in a crc32c checksum (Zarr v3's `crc32c` codec, after zstd), and every chunk
+  of a committed episode is stored, chunks of zeros included: the index says which chunks an
+  episode has (its rows [start, start + length) of each array, and its own index entries), so a
+  chunk that is missing or does not match its checksum is damage, reported naming the array, the
+  chunk and the episode, never read as zeros or as wrong pixels.
 
 A writer that dies mid-episode leaves an uncommitted slot that the rerun simply overwrites.
 """
@@ -24,10 +29,12 @@ from typing import Any, Iterable
 import numpy as np
 
 from worldmodels.errors import DataError
-from worldmodels.zarr_internals import ChunkWriter
+from worldmodels.zarr_internals import ChunkWriter, chunk_key, read_into
 
-# /2: episodes drawn from worldmodels.seeds' named streams (/1 used the run seed directly)
-FORMAT = "worldmodels.episodes/2"
+FORMAT = "worldmodels.episodes/3"
+# why a store of an older format cannot be read, to say so instead of a traceback
+_OLDER = {"worldmodels.episodes/1": "its episodes come from other random streams",
+          "worldmodels.episodes/2": "its chunks carry no checksums, so damage in them could not be told from data"}
 INDEX = ("start", "length", "return", "seed")
 _INDEX_DTYPES = {"start": "int64", "length": "int64", "return": "float64", "seed": "uint64"}
 _SMALL_ROW_BYTES = 1024  # rows smaller than this are chunked one slot at a time
@@ -80,13 +87,17 @@ class EpisodeStore:
             # wins, and nobody ever sees a half-written store.
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+            from zarr.codecs import Crc32cCodec, ZstdCodec
+
             root = zarr.open_group(str(tmp), mode="w", zarr_format=3, attributes={**attrs, **layout})
+            compressors = [ZstdCodec(), Crc32cCodec()]  # the checksum covers the bytes on disk
             for name, f in fields.items():
                 chunk = slot if f.row_bytes < _SMALL_ROW_BYTES else chunk_steps
                 root.create_array(name, shape=(episodes * slot, *f.shape), chunks=(chunk, *f.shape),
-                                  dtype=f.dtype, fill_value=0)
+                                  dtype=f.dtype, fill_value=0, compressors=compressors)
             for name in INDEX:
-                root.create_array(f"episodes/{name}", shape=(episodes,), chunks=(1,), dtype=_INDEX_DTYPES[name], fill_value=0)
+                root.create_array(f"episodes/{name}", shape=(episodes,), chunks=(1,), dtype=_INDEX_DTYPES[name],
+                                  fill_value=0, compressors=compressors)
             try:
                 os.rename(tmp, path)
             except OSError:
@@ -113,9 +124,9 @@ class EpisodeStore:
             raise DataError(f"cannot open dataset {path}: {exc}") from None
         found = group.attrs.get("format")
         if isinstance(found, str) and found.startswith(FORMAT.split("/")[0] + "/") and found != FORMAT:
+            why = _OLDER.get(found, "a format this version does not know")
             raise DataError(f"{path} was written by another version of worldmodels (format {found}, this version "
-                            f"reads {FORMAT}: its episodes come from other random streams); collect it again "
-                            "in a new run directory")
+                            f"reads {FORMAT}: {why}); collect it again in a new run directory")
         if found != FORMAT:
             raise DataError(f"{path} is not a worldmodels episode dataset")
         return cls(path, group)
@@ -124,7 +135,13 @@ class EpisodeStore:
 
     def index(self) -> dict[str, np.ndarray]:
         """The episode index: start, length (0 = not yet written), return, seed, each [episodes]."""
-        return {name: self._read(f"episodes/{name}", slice(None)) for name in INDEX}
+        index = {name: self._read(f"episodes/{name}", slice(None)) for name in INDEX}
+        committed = np.flatnonzero(index["length"] > 0)
+        for name in INDEX:  # a committed episode has every entry: a missing one is not a zero
+            missing = committed[~self._stored(f"episodes/{name}", committed)]
+            if len(missing):
+                raise self._damage(f"episodes/{name}", int(missing[0]), int(missing[0]), "is missing")
+        return index
 
     def lengths(self) -> np.ndarray:
         """Committed length of every episode (0 where the episode is not written yet), int64 [episodes]."""
@@ -133,6 +150,37 @@ class EpisodeStore:
     def complete(self) -> np.ndarray:
         """Indices of the committed episodes, in order."""
         return np.flatnonzero(self.lengths() > 0)
+
+    def episode_chunks(self, k: int, length: int) -> dict[str, range]:
+        """The chunks (along time) episode k of `length` rows has in each array, index entries included."""
+        out = {}
+        for name in self.fields:
+            rows = self.array(name).chunks[0]
+            out[name] = range(k * self.slot // rows, -(-(k * self.slot + length) // rows))
+        for name in INDEX:
+            out[f"episodes/{name}"] = range(k, k + 1)
+        return out
+
+    def damaged_chunks(self, k: int) -> list[tuple[str, int, str]]:
+        """Every chunk of committed episode k that is missing or does not decode: (array, chunk, why)."""
+        length = int(self._read("episodes/length", k))
+        found = []
+        for name, chunks in self.episode_chunks(k, length).items():
+            array = self.array(name)
+            rows = array.chunks[0]
+            for c in chunks:
+                if not (self.path / name / chunk_key(array, c)).is_file():
+                    found.append((name, c, "is missing"))
+                    continue
+                try:
+                    array[c * rows:(c + 1) * rows]
+                except Exception as exc:  # a failed checksum or a codec error
+                    found.append((name, c, f"does not verify ({type(exc).__name__}: {exc})"))
+        return found
+
+    def uncommit(self, k: int) -> None:
+        """Make episode k absent again (its length entry removed), so that its stage writes it anew."""
+        (self.path / "episodes/length" / chunk_key(self.array("episodes/length"), k)).unlink(missing_ok=True)
 
     # --- episodes -------------------------------------------------------------------------
 
@@ -143,15 +191,25 @@ class EpisodeStore:
             raise ValueError(f"episode fields {sorted(data)} != store fields {sorted(self.fields)}")
         if not 0 < length <= self.slot:
             raise ValueError(f"episode length {length} outside 1..{self.slot}")
+        if not (self.path / "zarr.json").is_file():  # writing would half recreate a removed store
+            raise DataError(f"the dataset {self.path} vanished while episodes were being written to it (deleted, or "
+                            "its file system unmounted); nothing more was written")
         start = k * self.slot
         for name, values in data.items():
             f = self.fields[name]
             if values.shape != (length, *f.shape):
                 raise ValueError(f"{name}: shape {values.shape} != {(length, *f.shape)}")
-            self._write_rows(name, start, np.ascontiguousarray(values, dtype=f.dtype))
-        for name, value in (("start", start), ("return", ret), ("seed", seed), ("length", length)):
-            # length last: the commit marker, only once everything else is stored
-            self._writer(f"episodes/{name}").write(k, np.array([value], _INDEX_DTYPES[name]))
+        try:
+            for name, values in data.items():
+                self._write_rows(name, start, np.ascontiguousarray(values, dtype=self.fields[name].dtype))
+            for name, value in (("start", start), ("return", ret), ("seed", seed), ("length", length)):
+                # length last: the commit marker, only once everything else is stored
+                self._writer(f"episodes/{name}").write(k, np.array([value], _INDEX_DTYPES[name]))
+        except OSError:  # e.g. a full disk: leave no chunk of an episode that is not committed
+            for name, chunks in self.episode_chunks(k, length).items():
+                for c in chunks:
+                    (self.path / name / chunk_key(self.array(name), c)).unlink(missing_ok=True)
+            raise
 
     def _write_rows(self, name: str, start: int, values: np.ndarray) -> None:
         """Store `values` as rows start.. of a per-step array, chunk by chunk (start is a chunk
@@ -174,14 +232,47 @@ class EpisodeStore:
         length = int(self._read("episodes/length", k))
         if length == 0:
             raise DataError(f"{self.path}: episode {k} has not been written")
-        rows = slice(k * self.slot, k * self.slot + length)
-        return {name: self._read(name, rows) for name in (names or self.fields)}
+        start = k * self.slot
+        out = {}
+        for name in names or self.fields:
+            f = self.fields[name]
+            out[name] = self.read_rows_into(name, start, np.empty((length, *f.shape), f.dtype), k)
+        return out
+
+    def read_rows_into(self, name: str, first: int, out: np.ndarray, episode: int) -> np.ndarray:
+        """Decode rows first.. of a per-step array (rows of `episode`) into `out`; a chunk that is
+        missing or fails its checksum is a DataError naming the array, the chunk and the episode."""
+        array = self.array(name)
+        rows = array.chunks[0]
+        for c in range(first // rows, -(-(first + len(out)) // rows)):
+            if not (self.path / name / chunk_key(array, c)).is_file():
+                raise self._damage(name, c, episode, "is missing")
+        try:
+            return read_into(array, slice(first, first + len(out)), out)
+        except Exception as exc:  # a failed checksum or a codec error, in one of the chunks read
+            c = first // rows
+            for c in range(first // rows, -(-(first + len(out)) // rows)):
+                try:
+                    array[c * rows:(c + 1) * rows]
+                except Exception:
+                    break
+            raise self._damage(name, c, episode, f"does not verify ({type(exc).__name__}: {exc})") from None
 
     def array(self, name: str) -> Any:
         """The underlying zarr array (for chunk-wise readers)."""
         if name not in self._arrays:
             self._arrays[name] = self._group[name]
         return self._arrays[name]
+
+    def _stored(self, name: str, chunks: np.ndarray) -> np.ndarray:
+        """Whether each of `chunks` (of a one-chunk-per-episode array) has a file."""
+        array = self.array(name)
+        return np.array([(self.path / name / chunk_key(array, int(c))).is_file() for c in chunks], bool)
+
+    def _damage(self, name: str, chunk: int, episode: int, what: str) -> DataError:
+        key = chunk_key(self.array(name), chunk)
+        return DataError(f"{self.path}/{name}: chunk {key} of episode {episode} {what}; `python -m worldmodels verify "
+                         f"{self.path.parent.parent} --repair` drops the damaged episodes, then rerun the stage that wrote them")
 
     def _read(self, name: str, where: Any) -> np.ndarray:
         try:

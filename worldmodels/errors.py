@@ -1,5 +1,10 @@
 """Errors a user can act on. The CLI prints them as one line and exits non-zero."""
 
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
 
 class WorldModelsError(Exception):
     """A problem with the user's input or data, reported as one line without a traceback."""
@@ -15,6 +20,25 @@ class DataError(WorldModelsError):
 
 class TrainingError(WorldModelsError):
     """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""
+
+
+class StorageError(WorldModelsError):
+    """The run directory's file system failed the stage: full, read-only, or gone."""
+
+
+def explain_storage(exc: OSError, run_dir: Path) -> StorageError | None:
+    """A one-line StorageError for an OSError that the file system (not a bug) caused, else None."""
+    where = exc.filename or run_dir
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageError(f"no space left for {where} (disk full or quota reached): free some space, then rerun the "
+                            "same command to resume; what was being written was not kept")
+    if exc.errno == errno.EROFS:
+        return StorageError(f"{where} is on a read-only file system: give the stage a writable run directory "
+                            "(or remount it read-write) and rerun")
+    if exc.errno in (errno.ENOENT, errno.ESTALE) and not Path(run_dir).is_dir():
+        return StorageError(f"the run directory {run_dir} vanished while the stage ran (deleted, or its file system "
+                            "unmounted); nothing more was written")
+    return None
 
 
 class Interrupted(Exception):

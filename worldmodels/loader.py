@@ -29,7 +29,6 @@ from typing import Callable, Iterator
 import numpy as np
 
 from worldmodels.dataset import EpisodeStore
-from worldmodels.zarr_internals import read_into
 
 Batch = dict[str, np.ndarray]
 Empty = Callable[[tuple[int, ...], np.dtype], np.ndarray]
@@ -153,22 +152,21 @@ def frame_loader(store: EpisodeStore, *, batch_size: int, block_units: int, seed
     """Shuffled batches {"frames": uint8 [B, H, W, 3]} read one whole chunk at a time."""
     frames = store.array("frames")
     chunk = frames.chunks[0]
-    units: list[tuple[int, int]] = []  # (first row, rows) of every stored chunk
+    units: list[tuple[int, int, int]] = []  # (episode, first row, rows) of every stored chunk
     lengths = store.lengths()
     for k in np.flatnonzero(lengths > 0):
         start, length = int(k) * store.slot, int(lengths[k])
-        units += [(start + c, min(chunk, length - c)) for c in range(0, length, chunk)]
+        units += [(int(k), start + c, min(chunk, length - c)) for c in range(0, length, chunk)]
 
     def read(selected: list[int], empty: Empty) -> list[Batch]:
         parts = []
         for u in selected:
-            first, rows = units[u]
+            episode, first, rows = units[u]
             out = empty((chunk, *frames.shape[1:]), frames.dtype)[:rows]
-            read_into(frames, slice(first, first + rows), out)
-            parts.append({"frames": out})
+            parts.append({"frames": store.read_rows_into("frames", first, out, episode)})
         return parts
 
-    return BlockShuffleLoader([n for _, n in units], read, batch_size=batch_size, block_units=block_units,
+    return BlockShuffleLoader([n for _, _, n in units], read, batch_size=batch_size, block_units=block_units,
                               seed=seed, workers=workers)
 
 

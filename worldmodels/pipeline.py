@@ -8,12 +8,15 @@ stage is reused, in which case there is nothing to do.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
+from typing import Iterator
 
-from worldmodels import identity
+from worldmodels import identity, lease
 from worldmodels.config import Config
+from worldmodels.errors import DataError, explain_storage
 from worldmodels.rundir import RunDir
 from worldmodels.stages import STAGES, chain
 
@@ -21,21 +24,50 @@ log = logging.getLogger("worldmodels")
 
 
 def run_stage(name: str, cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1,
-              base: str | Path | None = None, restart: bool = False) -> str:
+              base: str | Path | None = None, restart: bool = False, job: str | None = None) -> str:
     """Run one stage (one task of it for task stages) in-process, after checking its identity (and
     branching from `base`); returns a line for people (empty on MPI ranks that only serve the master).
-    `restart` (training stages) sets the stage's checkpoints aside first, so it trains from the start."""
+    `restart` (training stages) sets the stage's checkpoints aside first, so it trains from the start.
+    The stage (task) holds its lease while it runs (worldmodels.lease; `job`: the Slurm job, named
+    to whoever finds it held), so a second copy is refused instead of writing the same files."""
     stage = STAGES[name]
     for needed in chain(name):
         STAGES[needed].check_config(cfg)
     run = identity.begin(cfg, run_dir, name, base)
     if run.owner(name) is not run:
         return f"{name}: reused from {run.owner(name).path} (finished there with the same identity)"
-    if restart:
-        _set_checkpoints_aside(run, name)
-    if stage.tasks:
-        return stage.function()(cfg, run.path, task, num_tasks)
-    return stage.function()(cfg, run.path)
+    try:
+        with _lease(run, name, task if stage.tasks and num_tasks > 1 else None, job):
+            if restart:
+                _set_checkpoints_aside(run, name)
+            if stage.tasks:
+                return stage.function()(cfg, run.path, task, num_tasks)
+            return stage.function()(cfg, run.path)
+    except OSError as exc:  # a full, read-only or vanished file system: one line, not a traceback
+        explained = explain_storage(exc, run.path)
+        if explained is None:
+            raise
+        raise explained from None
+
+
+@contextlib.contextmanager
+def _lease(run: RunDir, name: str, task: int | None, job: str | None) -> Iterator[None]:
+    """The stage's lease, held by the master for all MPI ranks; every rank stops if it is refused."""
+    from worldmodels.distributed import world
+
+    group = world()
+    with contextlib.ExitStack() as stack:
+        refused = None
+        if group.rank == 0:
+            try:
+                stack.enter_context(lease.hold(lease.lease_file(run.path, name, task),
+                                               name if task is None else f"{name}[task {task}]", job))
+            except DataError as exc:
+                refused = str(exc)
+        refused = group.bcast(refused)
+        if refused is not None:
+            raise DataError(refused)
+        yield
 
 
 def _set_checkpoints_aside(run: RunDir, name: str) -> None:

@@ -20,6 +20,7 @@ only into its own run directory. No stage imports another to find or load what i
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -32,7 +33,7 @@ import yaml
 from worldmodels import config as config_lib
 from worldmodels.config import Config
 from worldmodels.errors import DataError
-from worldmodels.files import atomic_write, read_json
+from worldmodels.files import atomic_write, overwrite_in_place, read_json
 
 if TYPE_CHECKING:
     import numpy as np
@@ -216,7 +217,17 @@ class RunDir:
     def write_state(self, stage: str, state: str, task: int | None = None, **extra: Any) -> None:
         """Record a stage's (or one task's) state: running, done, interrupted or failed."""
         record = {"state": state, "host": socket.gethostname(), "pid": os.getpid(), "updated": time.time(), **extra}
-        atomic_write(self.state_file(stage, task), json.dumps(record).encode())
+        path = self.state_file(stage, task)
+        try:
+            atomic_write(path, json.dumps(record).encode())
+        except OSError as exc:  # a full disk must not keep a failed stage "running"
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not path.is_file():
+                raise
+            overwrite_in_place(path, json.dumps(record).encode())
+
+    def vanished(self) -> bool:
+        """Whether the run directory was removed under a running stage (its config.yaml is gone)."""
+        return not self.config_file.is_file()
 
     def read_states(self, stage: str) -> list[dict[str, Any]]:
         """Every state record of a stage (one per task), with stale "running" ones marked interrupted."""

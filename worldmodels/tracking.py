@@ -77,6 +77,11 @@ class Tracker:
             self._bar.update(n)
         if metrics:
             self.log(metrics)
+        if self.run.vanished():  # before anything else is written, which would half recreate it
+            from worldmodels.errors import StorageError
+
+            raise StorageError(f"the run directory {self.run.path} vanished while {self.name} ran (deleted, or its file "
+                               "system unmounted); nothing more was written")
         now = time.monotonic()
         if self._bar is None and now - self._last_line >= self.cfg.logging.every_s:
             self._last_line = now
@@ -128,7 +133,8 @@ class Tracker:
         """Record the final state (done, interrupted, failed) and flush everything."""
         if self._bar is not None:
             self._bar.close()
-        self.run.write_state(self.stage, state, self.task, done=self.done, total=self.total, **extra)
+        if not self.run.vanished():  # a removed run directory is not recreated to say so
+            self.run.write_state(self.stage, state, self.task, done=self.done, total=self.total, **extra)
         log.info("%s: %s, %s", self.name, state, self._progress_line(time.monotonic()))
         if self._wandb is not None:
             self._wandb.finish(exit_code=0 if state == "done" else 1)

@@ -52,7 +52,13 @@ class MetricsLog:
     def read(path: Path) -> list[dict[str, float]]:
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        records = []
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:  # a line torn by a full disk or a kill; the resumed run writes it again
+                continue
+        return records
 
 
 @dataclass

@@ -2,9 +2,11 @@
 
 - `ChunkWriter` writes whole chunks through an array's own codecs and store, synchronously:
   `AsyncArray.metadata` (codecs, chunk keys, chunk spec), each codec's `_encode_sync`
-  (zarr.abc.codec.SupportsSyncCodec) and `StorePath.set_sync`/`delete_sync`;
+  (zarr.abc.codec.SupportsSyncCodec) and `StorePath.set_sync`;
 - `read_into` decodes a selection straight into a given numpy array (`out=` of
-  `get_basic_selection` wants an NDBuffer, made with `zarr.core.buffer.default_buffer_prototype`).
+  `get_basic_selection` wants an NDBuffer, made with `zarr.core.buffer.default_buffer_prototype`);
+- `chunk_key` names a chunk's file (`AsyncArray.metadata.encode_chunk_key`), to tell a chunk that
+  is missing from one that holds the fill value (zarr reads both as zeros).
 
 `check()` says in one line which of these an upgrade removed; tests/test_adapters.py runs it, and
 a test writes a store both ways and compares the files.
@@ -12,6 +14,7 @@ a test writes a store both ways and compares the files.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +26,7 @@ USED = {
     "AsyncArray.metadata.encode_chunk_key": "where a chunk is stored",
     "AsyncArray.metadata.get_chunk_spec": "the spec codecs encode a chunk with",
     "AsyncArray.store_path": "the array's place in its store",
-    "StorePath.set_sync / delete_sync": "synchronous chunk writes",
+    "StorePath.set_sync": "synchronous chunk writes",
     "Codec._encode_sync": "synchronous encoding",
 }
 
@@ -36,6 +39,11 @@ def read_into(array: Any, selection: slice, out: np.ndarray) -> np.ndarray:
     return out
 
 
+def chunk_key(array: Any, index: int) -> str:
+    """The key (path below the array) of chunk `index` along the first axis, e.g. "c/3/0/0/0"."""
+    return array.async_array.metadata.encode_chunk_key((index,) + (0,) * (len(array.shape) - 1))
+
+
 class ChunkWriter:
     """Whole chunks of one array, written synchronously through the array's own codecs and store.
 
@@ -44,8 +52,8 @@ class ChunkWriter:
     compressing a 1.5 MB frame chunk. A whole chunk needs none of that: it is encoded by the
     array's codecs' synchronous encoders (zarr.abc.codec.SupportsSyncCodec) and stored by the
     store's set_sync, which writes a temporary file and renames it into place. The files are the
-    ones zarr writes; like zarr, a chunk that is all fill value (0) is not stored, and one that
-    an earlier, interrupted attempt left is removed.
+    ones zarr writes with `write_empty_chunks`: a chunk of zeros is stored too, so that a missing
+    chunk file always means damage.
     """
 
     def __init__(self, array: Any):
@@ -70,14 +78,16 @@ class ChunkWriter:
         """Store `block`, a whole chunk, as chunk `index` along the first axis."""
         if block.shape != self._spec.shape:
             raise ValueError(f"a chunk of shape {block.shape} for chunks of {self._spec.shape}")
-        where = self._path / self._meta.encode_chunk_key((index,) + (0,) * (block.ndim - 1))
-        if not block.view(np.uint8).any():  # all bytes zero: the fill value, bit for bit
-            where.delete_sync()
-            return
+        key = self._meta.encode_chunk_key((index,) + (0,) * (block.ndim - 1))
         value = self._spec.prototype.nd_buffer.from_numpy_array(block)
         for codec in self._meta.codecs:
             value = codec._encode_sync(value, self._spec)
-        where.set_sync(value)
+        try:
+            (self._path / key).set_sync(value)
+        except OSError as exc:
+            if exc.filename is None:  # a failed write names no file: name the chunk
+                raise OSError(exc.errno, exc.strerror, f"{self._path}/{key}".removeprefix("file://")) from exc
+            raise
 
 
 def check() -> None:
@@ -108,14 +118,16 @@ def check() -> None:
                     missing.append(name)
             if not missing:
                 path = async_array.store_path
-                if not (hasattr(path, "set_sync") and hasattr(path, "delete_sync")):
-                    missing.append("StorePath.set_sync / delete_sync")
+                if not hasattr(path, "set_sync"):
+                    missing.append("StorePath.set_sync")
                 if not all(hasattr(codec, "_encode_sync") for codec in meta.codecs):
                     missing.append("Codec._encode_sync")
             if not missing:
                 ChunkWriter(array).write(1, np.full((2, 2), 7, np.uint8))
                 if not (array[2:4] == 7).all() or read_into(array, slice(2, 4), np.zeros((2, 2), np.uint8)).sum() != 28:
                     missing.append("ChunkWriter writes what zarr reads back")
+                elif chunk_key(array, 1) != "c/1/0" or not (Path(folder) / "a" / "c" / "1" / "0").is_file():
+                    missing.append("AsyncArray.metadata.encode_chunk_key")
     if missing:
         raise RuntimeError(f"zarr {zarr.__version__} lacks what worldmodels/zarr_internals.py uses: "
                            + "; ".join(f"{name} ({USED.get(name, 'a round trip')})" for name in missing))

@@ -1,0 +1,195 @@
+"""What the file system and other processes do to a run: a second copy of a stage, a holder that
+died, a full disk, a read-only or vanished run directory, a chunk damaged under a training stage.
+Real processes on real (small tmpfs) file systems; the tmpfs mounts need root, as CI has."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import SMOKE, assert_same_store, cli_env, run_cli, start_cli
+from worldmodels.dataset import EpisodeStore
+from worldmodels.zarr_internals import chunk_key
+
+LONG_COLLECT = ["collect.episodes=40", "env.max_steps=400"]  # 18 MB of rollouts, about 15 s
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return errors[0]
+
+
+def wait_for(condition, proc=None, timeout=120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc is None or proc.poll() is None, proc.stderr.read() if proc else ""
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def committed(run: Path) -> int:
+    try:
+        return len(EpisodeStore.open(run / "data" / "rollouts.zarr").complete())
+    except Exception:
+        return 0
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A tmpfs of a given size in MB, unmounted after the test."""
+    mounts = []
+
+    def mount(size_mb: int) -> Path:
+        where = tmp_path / f"fs{len(mounts)}"
+        where.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(where)], check=True)
+        mounts.append(where)
+        return where
+
+    yield mount
+    for where in mounts:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def remount(where: Path, options: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{options}", str(where)], check=True)
+
+
+# --- one writer per stage -----------------------------------------------------------------------
+
+
+def test_a_second_copy_of_a_running_stage_is_refused_naming_its_holder_and_a_killed_one_is_taken_over(tmp_path):
+    run = tmp_path / "run"
+    args = ["collect", "--config", SMOKE, "--run-dir", run, *LONG_COLLECT]
+    first = start_cli(*args)
+    wait_for(lambda: committed(run) >= 1, first)
+    error = one_error_line(run_cli(*args, check=False))
+    assert "collect is already running" in error and f"pid {first.pid}" in error and f"host {os.uname().nodename}" in error
+    first.kill()  # SIGKILL: its lease stays behind, naming a process that is gone
+    first.wait()
+    assert (run / "state" / "collect.lease").is_file()
+    proc = run_cli(*args)
+    assert "taking over the lease" in proc.stderr and "its process is gone" in proc.stderr
+    assert not (run / "state" / "collect.lease").exists()  # released at the end
+    whole = tmp_path / "whole"
+    run_cli("collect", "--config", SMOKE, "--run-dir", whole, *LONG_COLLECT)
+    assert_same_store(whole / "data" / "rollouts.zarr", run / "data" / "rollouts.zarr")
+
+
+def test_a_lease_held_on_another_node_is_honoured_until_it_expires_or_its_job_is_requeued(tmp_path):
+    from worldmodels import config
+    from worldmodels.pipeline import run_stage
+
+    run = tmp_path / "run"
+    lease = run / "state" / "collect.lease"
+    lease.parent.mkdir(parents=True)
+    holder = {"host": "node-gone", "pid": 4242, "job": "77", "token": "theirs"}
+    lease.write_text(json.dumps({**holder, "renewed": time.time()}))
+    error = one_error_line(run_cli("collect", "--config", SMOKE, "--run-dir", run, check=False))
+    assert "host node-gone, pid 4242, job 77" in error and "expires" in error
+    assert committed(run) == 0
+    # a requeued attempt of the same Slurm job takes it at once (Slurm ended the earlier one)
+    assert "6 episodes" in run_stage("collect", config.load(SMOKE), run, job="77")
+    lease.write_text(json.dumps({**holder, "renewed": time.time() - 3600}))  # a dead node: never renewed
+    proc = run_cli("collect", "--config", SMOKE, "--run-dir", run)
+    assert "not renewed for more than 60 s" in proc.stderr and not lease.exists()
+
+
+def test_a_holder_whose_lease_was_taken_stops_at_once_writing_nothing(tmp_path):
+    path = tmp_path / "state" / "stage.lease"
+    code = ("import time, worldmodels.lease as lease\n"
+            "lease.HEARTBEAT_S = 0.1\n"
+            f"with lease.hold(__import__('pathlib').Path({str(path)!r}), 'stage'):\n"
+            "    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=cli_env(), stderr=subprocess.PIPE, text=True)
+    wait_for(path.is_file, proc)
+    taken = {**json.loads(path.read_text()), "token": "another", "pid": 1}
+    path.write_text(json.dumps(taken))  # what a takeover after a long stop leaves
+    assert proc.wait(30) == 2
+    assert "was taken over by another process" in proc.stderr.read()
+    assert json.loads(path.read_text()) == taken  # the new holder's lease is left alone
+
+
+# --- the file system fails under a stage ---------------------------------------------------------
+
+
+def test_a_full_disk_stops_collect_in_one_line_records_it_and_leaves_no_partial_episode(tmpfs, tmp_path):
+    fs = tmpfs(3)
+    run = fs / "run"
+    error = one_error_line(run_cli("collect", "--config", SMOKE, "--run-dir", run, *LONG_COLLECT, check=False))
+    assert "no space left for " + str(run / "data" / "rollouts.zarr") in error and "rerun the same command" in error
+    state = json.loads((run / "state" / "collect.json").read_text())
+    assert state["state"] == "failed" and "No space left" in state["error"]
+    assert json.loads(run_cli("status", run, "--json").stdout)["stages"]["collect"]["state"] == "failed"
+    store = EpisodeStore.open(run / "data" / "rollouts.zarr")
+    done = len(store.complete())
+    assert 0 < done < 40
+    for k in range(done, 40):  # not one chunk of an uncommitted episode is left
+        for name, chunks in store.episode_chunks(k, store.slot).items():
+            assert not any((store.path / name / chunk_key(store.array(name), c)).exists() for c in chunks), (k, name)
+    assert not [p for p in fs.rglob("*") if p.name.endswith((".tmp", ".partial"))]
+    remount(fs, "size=40m")  # space freed: the same command resumes and ends as if nothing happened
+    run_cli("collect", "--config", SMOKE, "--run-dir", run, *LONG_COLLECT)
+    whole = tmp_path / "whole"
+    run_cli("collect", "--config", SMOKE, "--run-dir", whole, *LONG_COLLECT)
+    assert_same_store(whole / "data" / "rollouts.zarr", run / "data" / "rollouts.zarr")
+
+
+def test_a_full_disk_at_a_checkpoint_stops_training_in_one_line_and_the_rerun_resumes(tmpfs, tmp_path):
+    fs = tmpfs(80)  # the rollouts and one 51 MB V checkpoint fit, the second does not
+    run = fs / "run"
+    run_cli("collect", "--config", SMOKE, "--run-dir", run)
+    error = one_error_line(run_cli("train-vae", "--config", SMOKE, "--run-dir", run, check=False))
+    assert "no space left for " + str(run / "checkpoints" / "vae" / "step-000000010.pt") in error
+    assert json.loads((run / "state" / "train-vae.json").read_text())["state"] == "failed"
+    assert sorted(p.name for p in (run / "checkpoints" / "vae").iterdir()) == ["step-000000005.json", "step-000000005.pt"]
+    remount(fs, "size=300m")
+    assert "resuming from step 5" in run_cli("train-vae", "--config", SMOKE, "--run-dir", run).stderr
+    assert "0 damaged" in run_cli("verify", run).stdout
+
+
+def test_a_run_directory_made_read_only_or_removed_mid_stage_is_one_line(tmpfs, tmp_path):
+    fs = tmpfs(40)
+    run = fs / "run"
+    args = ["collect", "--config", SMOKE, "--run-dir", run, *LONG_COLLECT]
+    proc = start_cli(*args)
+    wait_for(lambda: committed(run) >= 2, proc)
+    remount(fs, "ro")
+    out, err = proc.communicate(timeout=120)
+    error = one_error_line(subprocess.CompletedProcess(args, proc.returncode, out, err))
+    assert "read-only file system" in error and str(run) in error
+    remount(fs, "rw")
+    gone = tmp_path / "gone"
+    proc = start_cli("collect", "--config", SMOKE, "--run-dir", gone, *LONG_COLLECT)
+    wait_for(lambda: committed(gone) >= 2, proc)
+    shutil.rmtree(gone, ignore_errors=True)
+    out, err = proc.communicate(timeout=120)
+    error = one_error_line(subprocess.CompletedProcess(args, proc.returncode, out, err))
+    assert "vanished" in error and str(gone) in error
+    time.sleep(0.5)
+    assert not gone.exists()  # nothing recreated it
+
+
+def test_a_chunk_damaged_under_a_training_stage_stops_it_in_one_line_naming_the_chunk(tmp_path):
+    run = tmp_path / "run"
+    run_cli("collect", "--config", SMOKE, "--run-dir", run)
+    store = EpisodeStore.open(run / "data" / "rollouts.zarr")
+    last = int(store.complete()[-1])
+    c = last * store.slot // store.array("frames").chunks[0] + 1  # the episode's second chunk
+    chunk = store.path / "frames" / chunk_key(store.array("frames"), c)
+    data = bytearray(chunk.read_bytes())
+    data[100] ^= 0x01
+    chunk.write_bytes(bytes(data))
+    # enough steps that the shuffled loader reaches every chunk, after training has begun
+    error = one_error_line(run_cli("train-vae", "--config", SMOKE, "--run-dir", run, "vae.steps=60", check=False))
+    assert f"frames: chunk {chunk_key(store.array('frames'), c)} of episode {last} does not verify" in error
+    state = json.loads((run / "state" / "train-vae.json").read_text())
+    assert state["state"] == "failed" and state["done"] > 0 and f"episode {last}" in state["error"]

@@ -1,0 +1,136 @@
+"""One writer per stage (per task for split stages): a lease file renewed by a heartbeat.
+
+`RUN_DIR/state/STAGE[.taskN].lease` names its holder (host, pid, Slurm job) and when it was last
+renewed. Why a lease and not a lock: fcntl/flock locks are not reliable on every NFS a cluster
+mounts (and a lock held by a dead node may never be released), while two plain file operations
+are atomic on every POSIX and NFS file system: `link` (taking a free lease: exactly one of two
+racers succeeds) and `rename` (renewing it). A second copy of a running stage is refused naming
+the holder. A lease whose holder is gone is taken over safely:
+- same host, pid no longer alive: at once;
+- the holder was an earlier attempt of this same Slurm job (a requeue after preemption or a
+  node failure; Slurm starts a new attempt only once the old one is gone): at once;
+- otherwise once it has not been renewed for EXPIRES_S (a dead node, a vanished process).
+The holder renews every HEARTBEAT_S and checks that the lease is still its own; a holder that
+finds it taken (it was stopped longer than EXPIRES_S, then woke up) exits at once, writing nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+from worldmodels.errors import DataError
+from worldmodels.files import atomic_write
+
+log = logging.getLogger("worldmodels")
+
+HEARTBEAT_S = 10.0
+EXPIRES_S = 60.0  # six missed heartbeats
+LOST_EXIT_CODE = 2
+
+
+def lease_file(run_path: Path, stage: str, task: int | None) -> Path:
+    return run_path / "state" / (f"{stage}.lease" if task is None else f"{stage}.task{task}.lease")
+
+
+@contextlib.contextmanager
+def hold(path: Path, name: str, job: str | None = None) -> Iterator[None]:
+    """Hold the lease at `path` for the body (`name`: the stage as people say it); DataError naming
+    the holder when another live process holds it."""
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "job": job, "token": uuid.uuid4().hex}
+    _acquire(path, name, me)
+    stop = threading.Event()
+    beat = threading.Thread(target=_renew, args=(path, name, me, stop), daemon=True, name=f"lease {name}")
+    beat.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beat.join()
+        if _read(path).get("token") == me["token"]:
+            path.unlink(missing_ok=True)
+
+
+def _acquire(path: Path, name: str, me: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(3):  # a holder that leaves between our two looks: look again
+        mine = path.with_name(f".{path.name}.{me['token']}")
+        atomic_write(mine, json.dumps({**me, "renewed": time.time()}).encode())
+        try:
+            os.link(mine, path)  # atomic: of two racers exactly one links
+            return
+        except FileExistsError:
+            pass
+        finally:
+            mine.unlink(missing_ok=True)
+        holder = _read(path)
+        why = _gone(holder, me)
+        if why is None:
+            age = time.time() - holder.get("renewed", 0)
+            raise DataError(f"{name} is already running in {path.parent.parent} (host {holder.get('host')}, pid "
+                            f"{holder.get('pid')}, job {holder.get('job') or 'none'}; its lease renewed {age:.0f} s ago): "
+                            f"a second copy would write the same files. If that process is gone, its lease expires "
+                            f"{max(0.0, EXPIRES_S - age):.0f} s from now")
+        log.warning("%s: taking over the lease of host %s pid %s (%s)", name, holder.get("host"), holder.get("pid"), why)
+        # rename the stale lease away, then check that what we moved is the one we judged: a racer
+        # may have taken it over between our look and our rename; then give it back
+        moved = path.with_name(f".{path.name}.stale-{me['token']}")
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(path, moved)
+            if _read(moved).get("token") != holder.get("token"):
+                with contextlib.suppress(FileExistsError):
+                    os.link(moved, path)
+            moved.unlink(missing_ok=True)
+    raise DataError(f"{name}: could not take the lease {path} (other processes keep taking it); is another copy starting?")
+
+
+def _gone(holder: dict[str, Any], me: dict[str, Any]) -> str | None:
+    """Why the holder of a lease is certainly gone, or None while it may be alive."""
+    if not holder:
+        return "an unreadable lease"
+    if holder.get("host") == me["host"] and not _alive(int(holder.get("pid", -1))):
+        return "its process is gone"
+    if me["job"] is not None and holder.get("job") == me["job"]:
+        return "an earlier attempt of this job"
+    if time.time() - holder.get("renewed", 0) > EXPIRES_S:
+        return f"not renewed for more than {EXPIRES_S:.0f} s"
+    return None
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _renew(path: Path, name: str, me: dict[str, Any], stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_S):
+        if not path.parent.parent.is_dir():  # the run directory was removed: never recreate it
+            log.error("%s: the run directory %s vanished; stopping at once", name, path.parent.parent)
+            os._exit(LOST_EXIT_CODE)
+        if _read(path).get("token") != me["token"]:
+            log.error("%s: its lease %s was taken over by another process (this one was stopped for more than "
+                      "%.0f s?); stopping at once, writing nothing more", name, path, EXPIRES_S)
+            os._exit(LOST_EXIT_CODE)
+        atomic_write(path, json.dumps({**me, "renewed": time.time()}).encode())
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}

@@ -1,0 +1,107 @@
+"""`verify RUN_DIR [--repair]`: check every dataset chunk and every checkpoint of a run.
+
+Each committed episode's chunks are read back (each carries a crc32c checksum) and each checkpoint
+is checked against its marker and loaded. `--repair` makes damage something a rerun fixes: a
+damaged episode is uncommitted (its index length removed), so that rerunning the stage that
+wrote it (collect or encode) writes exactly that episode again, the same as before since episodes
+are deterministic; a damaged checkpoint is set aside as `*.corrupt`, so that the training stage
+resumes from the one before it. Stores and checkpoints reused from another run (`--from`) are
+checked but repaired only in the run that owns them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from worldmodels.checkpoint import Checkpointer, load_file
+from worldmodels.dataset import EpisodeStore
+from worldmodels.errors import DataError
+from worldmodels.rundir import CHECKPOINTS, RunDir
+from worldmodels.zarr_internals import chunk_key
+
+STORES = {"collect": "rollouts", "encode": "latents"}
+
+
+def verify(run_dir: str | Path, repair: bool = False) -> tuple[list[str], list[str], bool]:
+    """(problems, lines for people, whether the run is sound now)."""
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise DataError(f"no run directory {run.path}")
+    problems, notes, unrepaired, rerun = [], [], 0, []
+    for stage, attr in STORES.items():
+        path = getattr(run, attr)
+        if not (path / "zarr.json").is_file():
+            continue
+        fixed = repair and run.owner(stage) is run
+        try:
+            found, episodes = _store_damage(EpisodeStore.open(path, mode="r"), fixed)
+        except DataError as exc:
+            problems.append(str(exc))
+            unrepaired += 1
+            continue
+        problems += found
+        notes.append(f"{path}: {episodes} episodes read back, {len(found)} damaged chunks")
+        if found and fixed:
+            rerun.append(stage)
+        elif found:
+            unrepaired += len(found)
+    for stage in CHECKPOINTS:
+        directory = run.checkpoints(stage)
+        if not directory.is_dir():
+            continue
+        fixed = repair and run.owner(stage) is run
+        ckpt = Checkpointer(directory, every_steps=1, every_s=0, keep=1)
+        steps, bad = ckpt.steps(), 0
+        for step in steps:
+            try:
+                load_file(directory / f"step-{step:09d}.pt")
+            except DataError as exc:
+                problems.append(str(exc))
+                bad += 1
+                if fixed:
+                    ckpt.set_aside(step)
+        torn = list(directory.glob(".step-*.tmp"))
+        for leftover in torn:
+            problems.append(f"{leftover}: left by a write that was killed midway")
+            if fixed:
+                leftover.unlink(missing_ok=True)
+        notes.append(f"{directory}: {len(steps)} checkpoints checked, {bad} damaged")
+        if bad and fixed:
+            rerun.append(stage)
+        elif not fixed:
+            unrepaired += bad + len(torn)
+    if rerun:
+        notes.append("repaired: rerun " + ", ".join(rerun) + " to make again exactly what was dropped")
+    if problems and unrepaired and repair:
+        notes.append("not repaired here: damage in what this run reuses from another (repair it there) or in a store "
+                     "that cannot be opened")
+    return problems, notes, not unrepaired
+
+
+def _store_damage(store: EpisodeStore, repair: bool) -> tuple[list[str], int]:
+    """Lines naming each damaged episode's chunks (uncommitting it when `repair`), and the number read."""
+    try:
+        lengths = store.lengths()
+        unreadable = []
+    except DataError:  # an index chunk itself is damaged: find which, one entry at a time
+        lengths, unreadable = [], []
+        for k in range(store.num_episodes):
+            try:
+                lengths.append(int(store.array("episodes/length")[k]))
+            except Exception:
+                lengths.append(0)
+                unreadable.append(k)
+    found = []
+    for k in unreadable:
+        key = chunk_key(store.array("episodes/length"), k)
+        found.append(f"{store.path}/episodes/length: chunk {key} of episode {k} does not verify")
+        if repair:
+            store.uncommit(k)
+    committed = [k for k, n in enumerate(lengths) if n > 0]
+    for k in committed:
+        damaged = store.damaged_chunks(k)
+        for name, chunk, why in damaged:
+            found.append(f"{store.path}/{name}: chunk {chunk_key(store.array(name), chunk)} of episode {k} {why}")
+        if damaged and repair:
+            store.uncommit(k)
+    return found, len(committed) + len(unreadable)
