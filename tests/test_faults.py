@@ -17,7 +17,7 @@ from conftest import SMOKE, assert_same_store, cli_env, run_cli, start_cli
 from worldmodels.dataset import EpisodeStore
 from worldmodels.zarr_internals import chunk_key
 
-LONG_COLLECT = ["collect.episodes=40", "env.max_steps=400"]  # 18 MB of rollouts, about 15 s
+LONG_COLLECT = ["collect.episodes=20", "env.max_steps=300"]  # about 7 MB of rollouts, 8 s
 
 
 def one_error_line(proc: subprocess.CompletedProcess) -> str:
@@ -73,6 +73,8 @@ def test_a_second_copy_of_a_running_stage_is_refused_naming_its_holder_and_a_kil
     wait_for(lambda: committed(run) >= 1, first)
     error = one_error_line(run_cli(*args, check=False))
     assert "collect is already running" in error and f"pid {first.pid}" in error and f"host {os.uname().nodename}" in error
+    error = one_error_line(run_cli("verify", run, "--repair", check=False))  # nor is a running stage repaired
+    assert error.startswith("error: collect is running") and f"pid {first.pid}" in error
     first.kill()  # SIGKILL: its lease stays behind, naming a process that is gone
     first.wait()
     assert (run / "state" / "collect.lease").is_file()
@@ -122,7 +124,7 @@ def test_a_holder_whose_lease_was_taken_stops_at_once_writing_nothing(tmp_path):
 
 
 def test_a_full_disk_stops_collect_in_one_line_records_it_and_leaves_no_partial_episode(tmpfs, tmp_path):
-    fs = tmpfs(3)
+    fs = tmpfs(1)
     run = fs / "run"
     error = one_error_line(run_cli("collect", "--config", SMOKE, "--run-dir", run, *LONG_COLLECT, check=False))
     assert "no space left for " + str(run / "data" / "rollouts.zarr") in error and "rerun the same command" in error
@@ -131,12 +133,12 @@ def test_a_full_disk_stops_collect_in_one_line_records_it_and_leaves_no_partial_
     assert json.loads(run_cli("status", run, "--json").stdout)["stages"]["collect"]["state"] == "failed"
     store = EpisodeStore.open(run / "data" / "rollouts.zarr")
     done = len(store.complete())
-    assert 0 < done < 40
-    for k in range(done, 40):  # not one chunk of an uncommitted episode is left
+    assert 0 < done < 20
+    for k in range(done, 20):  # not one chunk of an uncommitted episode is left
         for name, chunks in store.episode_chunks(k, store.slot).items():
             assert not any((store.path / name / chunk_key(store.array(name), c)).exists() for c in chunks), (k, name)
     assert not [p for p in fs.rglob("*") if p.name.endswith((".tmp", ".partial"))]
-    remount(fs, "size=40m")  # space freed: the same command resumes and ends as if nothing happened
+    remount(fs, "size=20m")  # space freed: the same command resumes and ends as if nothing happened
     run_cli("collect", "--config", SMOKE, "--run-dir", run, *LONG_COLLECT)
     whole = tmp_path / "whole"
     run_cli("collect", "--config", SMOKE, "--run-dir", whole, *LONG_COLLECT)

@@ -92,6 +92,13 @@ def _acquire(path: Path, name: str, me: dict[str, Any]) -> None:
     raise DataError(f"{name}: could not take the lease {path} (other processes keep taking it); is another copy starting?")
 
 
+def live_holders(run_path: Path) -> list[dict[str, Any]]:
+    """The holders of the run's leases that may still be running (each with its `lease` file)."""
+    me = {"host": socket.gethostname(), "job": None}
+    return [{**holder, "lease": path} for path in sorted((run_path / "state").glob("*.lease"))
+            if (holder := _read(path)) and _gone(holder, me) is None]
+
+
 def _gone(holder: dict[str, Any], me: dict[str, Any]) -> str | None:
     """Why the holder of a lease is certainly gone, or None while it may be alive."""
     if not holder:
