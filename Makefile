@@ -58,7 +58,7 @@ setup: system-packages $(STAMPS)/venv ## create .venv and install everything the
 
 # --- use ----------------------------------------------------------------------------------
 test: setup ## run the whole test suite except the container tests (make container-test)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 # Local runs use every core: array-style stages as parallel tasks, the controller as MPI ranks,
 # each with one torch thread (JOBS processes of two threads each on JOBS cores run ten times slower).

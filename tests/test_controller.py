@@ -55,16 +55,6 @@ def test_controller_size_and_vector_round_trip():
         unflatten(torch.randn(2, 1000), 32, 256, 6)
 
 
-def test_cma_es_over_three_mpi_ranks_equals_the_single_process_run(world, tmp_path):
-    one, three = copy_world(world, tmp_path / "one"), copy_world(world, tmp_path / "three")
-    run_cli("train-controller", "--config", SMOKE, "--run-dir", one)
-    proc = mpirun(3, "train-controller", "--config", SMOKE, "--run-dir", three)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    a, b = last_checkpoint(one), last_checkpoint(three)
-    assert a["history"] == b["history"] and len(a["history"]) == 3
-    assert torch.equal(a["mean"], b["mean"]) and torch.equal(a["best"], b["best"])
-
-
 @pytest.mark.parametrize("mode", ["real", "dream"])
 def test_sigterm_at_a_random_generation_then_rerun_ends_with_the_same_history(world, tmp_path, mode):
     args = ["--config", SMOKE, f"controller.mode={mode}", "controller.generations=10"]
@@ -92,14 +82,15 @@ def test_sigterm_at_a_random_generation_then_rerun_ends_with_the_same_history(wo
 
 def test_forty_generations_are_bitwise_the_same_under_one_process_mpirun_and_a_launcher_change(world, tmp_path):
     # CMA-ES's BLAS sums in another order on another number of threads: one process (two threads
-    # here) and mpirun's ranks (bound to one core) used to drift apart from about generation 5
+    # here) and mpirun's ranks (bound to one core) used to drift apart from about generation 5.
+    # Any number of ranks splits the episodes its own way and must still give the same run.
     args = ["--config", SMOKE, "controller.mode=dream", "controller.generations=40"]
-    one, two, moved = (copy_world(world, tmp_path / name) for name in ("one", "two", "moved"))
+    one, three, moved = (copy_world(world, tmp_path / name) for name in ("one", "three", "moved"))
     run_cli("train-controller", *args, "--run-dir", one)
-    proc = mpirun(2, "train-controller", *args, "--run-dir", two)
+    proc = mpirun(3, "train-controller", *args, "--run-dir", three)
     assert proc.returncode == 0, proc.stderr[-2000:]
     final = "checkpoints/controller/step-000000040.pt"
-    assert (one / final).read_bytes() == (two / final).read_bytes()  # the CMA-ES state included
+    assert (one / final).read_bytes() == (three / final).read_bytes()  # the CMA-ES state included
     # started under mpirun, stopped by a signal halfway, finished as one process
     ranks = subprocess.Popen(["mpirun", "-n", "2", sys.executable, "-m", "worldmodels", "train-controller", *map(str, args),
                               "--run-dir", str(moved)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -114,7 +105,7 @@ def test_forty_generations_are_bitwise_the_same_under_one_process_mpirun_and_a_l
     stopped = last_checkpoint(moved)["generation"]
     assert 15 <= stopped < 40
     assert f"resuming after generation {stopped}" in run_cli("train-controller", *args, "--run-dir", moved).stderr
-    a, b, c = last_checkpoint(one), last_checkpoint(two), last_checkpoint(moved)
+    a, b, c = last_checkpoint(one), last_checkpoint(three), last_checkpoint(moved)
     assert a["history"] == b["history"] == c["history"] and len(a["history"]) == 40
     assert torch.equal(a["mean"], c["mean"]) and torch.equal(a["best"], c["best"])
 

@@ -83,12 +83,6 @@ def test_missing_and_foreign_stores_are_clear_errors(tmp_path):
         EpisodeStore.open(tmp_path / "other.zarr")
 
 
-def chunk_file(store: EpisodeStore, name: str, chunk: int) -> Path:
-    from worldmodels.zarr_internals import chunk_key
-
-    return store.path / name / chunk_key(store.array(name), chunk)
-
-
 def flip_a_bit(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x10
@@ -101,9 +95,9 @@ def test_a_flipped_bit_or_a_missing_chunk_is_an_error_naming_array_chunk_and_epi
         episode = fake_episode(k)
         episode["rewards"][:] = 0  # a chunk of zeros is stored too: its absence is damage, not zeros
         store.write_episode(k, episode, ret=0.0, seed=k)
-    assert chunk_file(store, "rewards", 5).is_file()
-    flip_a_bit(chunk_file(store, "frames", 5 * store.slot // store.array("frames").chunks[0]))  # in the compressed bytes
-    chunk_file(store, "rewards", 0).unlink()
+    assert store.chunk_file("rewards", 5).is_file()
+    flip_a_bit(store.chunk_file("frames", 5 * store.slot // store.array("frames").chunks[0]))  # in the compressed bytes
+    store.chunk_file("rewards", 0).unlink()
     store = EpisodeStore.open(tmp_path / "s.zarr")
     with pytest.raises(DataError, match=r"/frames: chunk c/\d+/0/0/0 of episode 5 does not verify .*verify .* --repair"):
         store.read_episode(5)
@@ -112,7 +106,7 @@ def test_a_flipped_bit_or_a_missing_chunk_is_an_error_naming_array_chunk_and_epi
     assert store.read_episode(0, ["frames"])["frames"].shape[0] > 0  # undamaged arrays still read
     assert [(name, why.split()[0]) for name, _, why in store.damaged_chunks(5)] == [("frames", "does")]
     assert store.damaged_chunks(0) == [("rewards", 0, "is missing")]
-    chunk_file(store, "episodes/seed", 5).unlink()
+    store.chunk_file("episodes/seed", 5).unlink()
     with pytest.raises(DataError, match="episodes/seed: chunk c/5 of episode 5 is missing"):
         store.index()
     store.uncommit(5)
@@ -139,8 +133,8 @@ def test_damage_in_a_real_run_stops_training_in_one_line_and_verify_repair_then_
     run = tmp_path / "run"
     shutil.copytree(good, run)
     store = EpisodeStore.open(run / "data" / "rollouts.zarr")
-    flip_a_bit(chunk_file(store, "frames", 0))  # episode 0: the first that train-vae reads
-    chunk_file(store, "rewards", 3 * store.slot // store.array("rewards").chunks[0]).unlink()
+    flip_a_bit(store.chunk_file("frames", 0))  # episode 0: the first that train-vae reads
+    store.chunk_file("rewards", 3 * store.slot // store.array("rewards").chunks[0]).unlink()
     proc = run_cli("train-vae", "--config", SMOKE, "--run-dir", run, check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "rollouts.zarr/frames: chunk c/0/0/0/0 of episode 0 does not verify" in proc.stderr

@@ -5,7 +5,6 @@ Real processes on real (small tmpfs) file systems; the tmpfs mounts need root, a
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,6 @@ import pytest
 
 from conftest import SMOKE, assert_same_store, cli_env, run_cli, start_cli
 from worldmodels.dataset import EpisodeStore
-from worldmodels.zarr_internals import chunk_key
 
 LONG_COLLECT = ["collect.episodes=20", "env.max_steps=300"]  # about 7 MB of rollouts, 8 s
 
@@ -42,6 +40,14 @@ def committed(run: Path) -> int:
         return 0
 
 
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory) -> Path:
+    """The rollouts of LONG_COLLECT, collected without any fault: what every faulted run must end with."""
+    run = tmp_path_factory.mktemp("whole") / "run"
+    run_cli("collect", "--config", SMOKE, "--run-dir", run, *LONG_COLLECT)
+    return run / "data" / "rollouts.zarr"
+
+
 @pytest.fixture
 def tmpfs(tmp_path):
     """A tmpfs of a given size in MB, unmounted after the test."""
@@ -66,7 +72,7 @@ def remount(where: Path, options: str) -> None:
 # --- one writer per stage -----------------------------------------------------------------------
 
 
-def test_a_second_copy_of_a_running_stage_is_refused_naming_its_holder_and_a_killed_one_is_taken_over(tmp_path):
+def test_a_second_copy_of_a_running_stage_is_refused_naming_its_holder_and_a_killed_one_is_taken_over(tmp_path, whole):
     run = tmp_path / "run"
     args = ["collect", "--config", SMOKE, "--run-dir", run, *LONG_COLLECT]
     first = start_cli(*args)
@@ -81,9 +87,7 @@ def test_a_second_copy_of_a_running_stage_is_refused_naming_its_holder_and_a_kil
     proc = run_cli(*args)
     assert "taking over the lease" in proc.stderr and "its process is gone" in proc.stderr
     assert not (run / "state" / "collect.lease").exists()  # released at the end
-    whole = tmp_path / "whole"
-    run_cli("collect", "--config", SMOKE, "--run-dir", whole, *LONG_COLLECT)
-    assert_same_store(whole / "data" / "rollouts.zarr", run / "data" / "rollouts.zarr")
+    assert_same_store(whole, run / "data" / "rollouts.zarr")
 
 
 def test_a_lease_held_on_another_node_is_honoured_until_it_expires_or_its_job_is_requeued(tmp_path):
@@ -123,7 +127,7 @@ def test_a_holder_whose_lease_was_taken_stops_at_once_writing_nothing(tmp_path):
 # --- the file system fails under a stage ---------------------------------------------------------
 
 
-def test_a_full_disk_stops_collect_in_one_line_records_it_and_leaves_no_partial_episode(tmpfs, tmp_path):
+def test_a_full_disk_stops_collect_in_one_line_records_it_and_leaves_no_partial_episode(tmpfs, whole):
     fs = tmpfs(1)
     run = fs / "run"
     error = one_error_line(run_cli("collect", "--config", SMOKE, "--run-dir", run, *LONG_COLLECT, check=False))
@@ -136,13 +140,11 @@ def test_a_full_disk_stops_collect_in_one_line_records_it_and_leaves_no_partial_
     assert 0 < done < 20
     for k in range(done, 20):  # not one chunk of an uncommitted episode is left
         for name, chunks in store.episode_chunks(k, store.slot).items():
-            assert not any((store.path / name / chunk_key(store.array(name), c)).exists() for c in chunks), (k, name)
+            assert not any(store.chunk_file(name, c).exists() for c in chunks), (k, name)
     assert not [p for p in fs.rglob("*") if p.name.endswith((".tmp", ".partial"))]
     remount(fs, "size=20m")  # space freed: the same command resumes and ends as if nothing happened
     run_cli("collect", "--config", SMOKE, "--run-dir", run, *LONG_COLLECT)
-    whole = tmp_path / "whole"
-    run_cli("collect", "--config", SMOKE, "--run-dir", whole, *LONG_COLLECT)
-    assert_same_store(whole / "data" / "rollouts.zarr", run / "data" / "rollouts.zarr")
+    assert_same_store(whole, run / "data" / "rollouts.zarr")
 
 
 def test_a_full_disk_at_a_checkpoint_stops_training_in_one_line_and_the_rerun_resumes(tmpfs, tmp_path):
@@ -186,12 +188,12 @@ def test_a_chunk_damaged_under_a_training_stage_stops_it_in_one_line_naming_the_
     store = EpisodeStore.open(run / "data" / "rollouts.zarr")
     last = int(store.complete()[-1])
     c = last * store.slot // store.array("frames").chunks[0] + 1  # the episode's second chunk
-    chunk = store.path / "frames" / chunk_key(store.array("frames"), c)
+    chunk = store.chunk_file("frames", c)
     data = bytearray(chunk.read_bytes())
     data[100] ^= 0x01
     chunk.write_bytes(bytes(data))
     # enough steps that the shuffled loader reaches every chunk, after training has begun
     error = one_error_line(run_cli("train-vae", "--config", SMOKE, "--run-dir", run, "vae.steps=60", check=False))
-    assert f"frames: chunk {chunk_key(store.array('frames'), c)} of episode {last} does not verify" in error
+    assert f"{store.describe_chunk('frames', c, last)} does not verify" in error
     state = json.loads((run / "state" / "train-vae.json").read_text())
     assert state["state"] == "failed" and state["done"] > 0 and f"episode {last}" in state["error"]

@@ -169,7 +169,7 @@ class EpisodeStore:
             array = self.array(name)
             rows = array.chunks[0]
             for c in chunks:
-                if not (self.path / name / chunk_key(array, c)).is_file():
+                if not self.chunk_file(name, c).is_file():
                     found.append((name, c, "is missing"))
                     continue
                 try:
@@ -180,7 +180,7 @@ class EpisodeStore:
 
     def uncommit(self, k: int) -> None:
         """Make episode k absent again (its length entry removed), so that its stage writes it anew."""
-        (self.path / "episodes/length" / chunk_key(self.array("episodes/length"), k)).unlink(missing_ok=True)
+        self.chunk_file("episodes/length", k).unlink(missing_ok=True)
 
     # --- episodes -------------------------------------------------------------------------
 
@@ -208,7 +208,7 @@ class EpisodeStore:
         except OSError:  # e.g. a full disk: leave no chunk of an episode that is not committed
             for name, chunks in self.episode_chunks(k, length).items():
                 for c in chunks:
-                    (self.path / name / chunk_key(self.array(name), c)).unlink(missing_ok=True)
+                    self.chunk_file(name, c).unlink(missing_ok=True)
             raise
 
     def _write_rows(self, name: str, start: int, values: np.ndarray) -> None:
@@ -245,7 +245,7 @@ class EpisodeStore:
         array = self.array(name)
         rows = array.chunks[0]
         for c in range(first // rows, -(-(first + len(out)) // rows)):
-            if not (self.path / name / chunk_key(array, c)).is_file():
+            if not self.chunk_file(name, c).is_file():
                 raise self._damage(name, c, episode, "is missing")
         try:
             return read_into(array, slice(first, first + len(out)), out)
@@ -266,12 +266,17 @@ class EpisodeStore:
 
     def _stored(self, name: str, chunks: np.ndarray) -> np.ndarray:
         """Whether each of `chunks` (of a one-chunk-per-episode array) has a file."""
-        array = self.array(name)
-        return np.array([(self.path / name / chunk_key(array, int(c))).is_file() for c in chunks], bool)
+        return np.array([self.chunk_file(name, int(c)).is_file() for c in chunks], bool)
+
+    def chunk_file(self, name: str, chunk: int) -> Path:
+        """The file of chunk `chunk` (along time) of array `name`."""
+        return self.path / name / chunk_key(self.array(name), chunk)
+
+    def describe_chunk(self, name: str, chunk: int, episode: int) -> str:
+        return f"{self.path}/{name}: chunk {chunk_key(self.array(name), chunk)} of episode {episode}"
 
     def _damage(self, name: str, chunk: int, episode: int, what: str) -> DataError:
-        key = chunk_key(self.array(name), chunk)
-        return DataError(f"{self.path}/{name}: chunk {key} of episode {episode} {what}; `python -m worldmodels verify "
+        return DataError(f"{self.describe_chunk(name, chunk, episode)} {what}; `python -m worldmodels verify "
                          f"{self.path.parent.parent} --repair` drops the damaged episodes, then rerun the stage that wrote them")
 
     def _read(self, name: str, where: Any) -> np.ndarray:

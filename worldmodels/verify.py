@@ -18,7 +18,6 @@ from worldmodels.checkpoint import Checkpointer, load_file
 from worldmodels.dataset import EpisodeStore
 from worldmodels.errors import DataError
 from worldmodels.rundir import CHECKPOINTS, RunDir
-from worldmodels.zarr_internals import chunk_key
 
 STORES = {"collect": "rollouts", "encode": "latents"}
 
@@ -98,15 +97,14 @@ def _store_damage(store: EpisodeStore, repair: bool) -> tuple[list[str], int]:
                 unreadable.append(k)
     found = []
     for k in unreadable:
-        key = chunk_key(store.array("episodes/length"), k)
-        found.append(f"{store.path}/episodes/length: chunk {key} of episode {k} does not verify")
+        found.append(f"{store.describe_chunk('episodes/length', k, k)} does not verify")
         if repair:
             store.uncommit(k)
     committed = [k for k, n in enumerate(lengths) if n > 0]
     for k in committed:
         damaged = store.damaged_chunks(k)
         for name, chunk, why in damaged:
-            found.append(f"{store.path}/{name}: chunk {chunk_key(store.array(name), chunk)} of episode {k} {why}")
+            found.append(f"{store.describe_chunk(name, chunk, k)} {why}")
         if damaged and repair:
             store.uncommit(k)
     return found, len(committed) + len(unreadable)
