@@ -28,7 +28,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from worldmodels.errors import DataError
+from worldmodels.errors import DataError, vanished
 from worldmodels.zarr_internals import ChunkWriter, chunk_key, read_into
 
 FORMAT = "worldmodels.episodes/3"
@@ -192,8 +192,7 @@ class EpisodeStore:
         if not 0 < length <= self.slot:
             raise ValueError(f"episode length {length} outside 1..{self.slot}")
         if not (self.path / "zarr.json").is_file():  # writing would half recreate a removed store
-            raise DataError(f"the dataset {self.path} vanished while episodes were being written to it (deleted, or "
-                            "its file system unmounted); nothing more was written")
+            raise vanished(self.path, f"episode {k} was being written")
         start = k * self.slot
         for name, values in data.items():
             f = self.fields[name]

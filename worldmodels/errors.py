@@ -36,9 +36,14 @@ def explain_storage(exc: OSError, run_dir: Path) -> StorageError | None:
         return StorageError(f"{where} is on a read-only file system: give the stage a writable run directory "
                             "(or remount it read-write) and rerun")
     if exc.errno in (errno.ENOENT, errno.ESTALE) and not Path(run_dir).is_dir():
-        return StorageError(f"the run directory {run_dir} vanished while the stage ran (deleted, or its file system "
-                            "unmounted); nothing more was written")
+        return vanished(run_dir, "the stage ran")
     return None
+
+
+def vanished(path: Path, during: str) -> StorageError:
+    """The error for a directory removed while a stage wrote into it (which stops rather than recreate it)."""
+    return StorageError(f"{path} vanished while {during} (deleted, or its file system unmounted); nothing more "
+                        "was written")
 
 
 class Interrupted(Exception):

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from worldmodels.errors import DataError
-from worldmodels.files import atomic_write
+from worldmodels.files import atomic_write, read_json
 
 log = logging.getLogger("worldmodels")
 
@@ -137,7 +137,5 @@ def _renew(path: Path, name: str, me: dict[str, Any], stop: threading.Event) -> 
 
 
 def _read(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+    """The lease's record, {} when it is missing or unreadable."""
+    return read_json(path) or {}

@@ -78,10 +78,9 @@ class Tracker:
         if metrics:
             self.log(metrics)
         if self.run.vanished():  # before anything else is written, which would half recreate it
-            from worldmodels.errors import StorageError
+            from worldmodels.errors import vanished
 
-            raise StorageError(f"the run directory {self.run.path} vanished while {self.name} ran (deleted, or its file "
-                               "system unmounted); nothing more was written")
+            raise vanished(self.run.path, f"{self.name} ran")
         now = time.monotonic()
         if self._bar is None and now - self._last_line >= self.cfg.logging.every_s:
             self._last_line = now

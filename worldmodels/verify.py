@@ -27,9 +27,10 @@ def verify(run_dir: str | Path, repair: bool = False) -> tuple[list[str], list[s
     run = RunDir(run_dir)
     if not run.path.is_dir():
         raise DataError(f"no run directory {run.path}")
-    if repair:  # never change what a running stage is writing
-        for holder in lease.live_holders(run.path):
-            raise DataError(f"{holder['lease'].stem} is running in {run.path} (host {holder['host']}, pid {holder['pid']}, "
+    holders = lease.live_holders(run.path) if repair else []
+    if holders:  # never change what a running stage is writing
+        holder = holders[0]
+        raise DataError(f"{holder['lease'].stem} is running in {run.path} (host {holder['host']}, pid {holder['pid']}, "
                             f"job {holder.get('job') or 'none'}): repair once it has stopped")
     problems, notes, unrepaired, rerun = [], [], 0, []
     for stage, attr in STORES.items():
