@@ -13,7 +13,7 @@ RUN_DIR   ?= runs/latest
 DEMO_DIR  := $(if $(filter command line environment,$(origin RUN_DIR)),$(RUN_DIR),runs/demo-$(shell date +%Y%m%d-%H%M%S))
 OVERRIDES ?=
 STAMPS    := .make
-SYSTEM_PACKAGES := slurm-wlm munge openmpi-bin libopenmpi-dev chromium chromium-driver
+SYSTEM_PACKAGES := slurm-wlm slurmdbd mariadb-server munge openmpi-bin libopenmpi-dev chromium chromium-driver
 CONTAINER_PACKAGES := podman runc catatonit debootstrap
 
 export WANDB_SILENT ?= true
@@ -134,10 +134,11 @@ SWEEP_DIR ?= runs/sweep
 GRID      ?=
 SWEEP = $(PY) -m worldmodels sweep --config $(CONFIG) --sweep-dir $(SWEEP_DIR) $(FROM_ARG) $(OVERRIDES) --grid $(GRID)
 
-slurm-up: system-packages ## start a single-node Slurm cluster on this machine (root; state in .slurm/)
-	@slurm/local-cluster.sh up
+NODES ?= 3
+slurm-up: system-packages ## start a Slurm cluster of NODES nodes (default 3) with accounting on this machine (root; state in .slurm/)
+	@slurm/local-cluster.sh up $(NODES)
 
-slurm-down: ## stop the local Slurm cluster
+slurm-down: ## stop the local Slurm cluster and remove its nodes' namespaces
 	@slurm/local-cluster.sh down
 
 submit: setup ## submit the stage STAGE (CONFIG, RUN_DIR, PROFILE, FROM)

@@ -16,6 +16,7 @@ from typing import Any
 import submitit
 
 from jobs import slurm_env
+from worldmodels import heartbeat
 from worldmodels.pipeline import run_stage
 
 log = logging.getLogger("worldmodels")
@@ -31,6 +32,7 @@ class StageJob(submitit.helpers.Checkpointable):
         from worldmodels.tracking import setup_logging
 
         setup_logging()
+        heartbeat.on_silence(slurm_env.requeue_now)
         cpus = slurm_env.cpus_per_task()
         if cpus:
             # torch starts a thread per core of the node by default: on a shared node, or with one

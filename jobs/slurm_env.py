@@ -41,6 +41,16 @@ def attempt() -> dict[str, object]:
             "rank": global_rank(), "container": os.environ.get("WORLDMODELS_CONTAINER")}
 
 
+def requeue_now() -> None:
+    """Ask Slurm to requeue this job at once (a rank went silent: worldmodels.heartbeat). Inside a
+    container Slurm's tools may be absent: the ranks' exit code then makes containers/run.sh do it."""
+    import subprocess
+
+    if in_slurm() and not in_container():
+        subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]], check=True, timeout=60,
+                       capture_output=True)
+
+
 def in_container() -> bool:
     """True inside containers/run.sh (which names the image), which requeues from outside."""
     return bool(os.environ.get("WORLDMODELS_CONTAINER"))

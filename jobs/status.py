@@ -1,4 +1,11 @@
-"""What Slurm says about a run's submitted jobs: ids per stage, states, restarts."""
+"""What Slurm says about a run's submitted jobs: ids per stage, and for each job its attempts.
+
+Accounting (`sacct -D`) is read where the cluster has it: every attempt of a job (a requeue after
+a preemption or a node failure starts a new one) with its state, exit code, elapsed time, peak
+memory and nodes. Without accounting, or for a job accounting does not know (yet: sacct lags the
+scheduler by a second or two), `scontrol show job` gives the current state and the restart
+count, for as long as slurmctld keeps the job (MinJobAge).
+"""
 
 from __future__ import annotations
 
@@ -10,24 +17,80 @@ from typing import Any
 
 from worldmodels.rundir import RunDir
 
+SACCT_FIELDS = ("JobID", "State", "ExitCode", "Elapsed", "MaxRSS", "NodeList", "Start", "End")
+
+
+def _run(command: list[str]) -> str | None:
+    """The command's output, or None when it fails (no accounting, no Slurm on this machine)."""
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def _kib(text: str) -> int:
+    """sacct's MaxRSS ("123456K", "2.5G", "") in KiB."""
+    match = re.fullmatch(r"([\d.]+)([KMGT]?)", text)
+    if not match:
+        return 0
+    return int(float(match.group(1)) * 1024 ** "KMGT".index(match.group(2) or "K"))
+
+
+def sacct_attempts(ids: list[str]) -> dict[str, list[dict[str, Any]]] | None:
+    """{job id: [attempt, ...]} from accounting, oldest attempt first; None without accounting.
+
+    `sacct -D` prints one line per attempt of a job (its allocation), each followed by its steps'
+    lines (JOBID.batch, JOBID.0, ...); the peak memory of an attempt is the largest of its steps'.
+    """
+    if not ids:
+        return {}
+    text = _run(["sacct", "-D", "-P", "-n", "-j", ",".join(ids), "-o", ",".join(SACCT_FIELDS)])
+    if text is None:
+        return None
+    attempts: dict[str, list[dict[str, Any]]] = {}
+    current = None
+    for line in text.splitlines():
+        fields = dict(zip(SACCT_FIELDS, line.split("|")))
+        if len(fields) != len(SACCT_FIELDS):
+            continue
+        job, _, step = fields["JobID"].partition(".")
+        if not step:
+            current = {"state": fields["State"].split()[0], "exit_code": fields["ExitCode"],
+                       "elapsed": fields["Elapsed"], "max_rss_mb": 0.0, "nodes": fields["NodeList"],
+                       "start": fields["Start"], "end": fields["End"]}
+            attempts.setdefault(job, []).append(current)
+        elif current is not None:
+            current["max_rss_mb"] = max(current["max_rss_mb"], round(_kib(fields["MaxRSS"]) / 1024, 1))
+    return attempts
+
+
+def scontrol_state(job_id: str) -> dict[str, Any]:
+    """State and restart count of a job slurmctld still knows (`scontrol show job`, no accounting)."""
+    text = _run(["scontrol", "show", "job", "-o", job_id]) or ""
+    state = re.search(r"JobState=(\S+)", text)
+    restarts = re.search(r"Restarts=(\d+)", text)
+    return {"id": job_id, "state": state.group(1) if state else "UNKNOWN (finished long ago or not visible)",
+            "restarts": int(restarts.group(1)) if restarts else None}
+
 
 def job_states(ids: list[str]) -> list[dict[str, Any]]:
-    """State and restart count of each job id (`scontrol show job`, which needs no accounting)."""
+    """Each job's state and restarts; with accounting also its attempts (see the module's docstring)."""
+    accounted = sacct_attempts(ids) or {}
     out = []
     for job_id in ids:
-        try:
-            text = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=20).stdout
-        except (OSError, subprocess.SubprocessError):
-            text = ""
-        state = re.search(r"JobState=(\S+)", text)
-        restarts = re.search(r"Restarts=(\d+)", text)
-        out.append({"id": job_id, "state": state.group(1) if state else "UNKNOWN (finished long ago or not visible)",
-                    "restarts": int(restarts.group(1)) if restarts else None})
+        attempts = accounted.get(job_id)
+        if attempts:
+            out.append({"id": job_id, "state": attempts[-1]["state"], "restarts": len(attempts) - 1,
+                        "attempts": attempts, "source": "sacct"})
+        else:
+            out.append({**scontrol_state(job_id), "source": "scontrol"})
     return out
 
 
 def slurm_view(run_dir: str | Path) -> dict[str, Any]:
-    """{stage: {"jobs": [{"id", "state", "restarts"}]}} for every stage submitted for run_dir."""
+    """{stage: {"jobs": [{"id", "state", "restarts", "source", ["attempts"]}]}} for every stage
+    submitted for run_dir."""
     path = RunDir(run_dir).jobs_file
     if not path.is_file():
         return {}

@@ -72,13 +72,14 @@ def smoke_cfg():
 
 @pytest.fixture(scope="session")
 def cluster():
-    """The local cluster; started for the session, and stopped after it unless it was running before."""
+    """The local cluster of three nodes with accounting; started for the session, and stopped after it
+    unless it was running before."""
     if os.geteuid() != 0:
         pytest.fail("the Slurm tests start a local cluster, which needs root (CI runs as root)")
     conf = ROOT / ".slurm" / "slurm.conf"
     script = str(ROOT / "slurm" / "local-cluster.sh")
     was_running = subprocess.run(["pgrep", "-f", f"slurmctld -f {conf}"], capture_output=True).returncode == 0
-    subprocess.run([script, "up"], check=True, capture_output=True, timeout=120)
+    subprocess.run([script, "up", "3"], check=True, capture_output=True, timeout=120)
     os.environ["SLURM_CONF"] = str(conf)
     yield os.environ["SLURM_CONF"]
     if not was_running:

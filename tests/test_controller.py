@@ -3,6 +3,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from conftest import SMOKE, cli_env, run_cli, start_cli, tree_digest
 from worldmodels import config
 from worldmodels.checkpoint import Checkpointer, load_file
 from worldmodels.controller import controller_size, flatten, unflatten
+from worldmodels.preemption import REQUEUE_EXIT_CODE
 from worldmodels.stages import chain
 
 MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMPI_MCA_rmaps_base_oversubscribe": "1"}
@@ -129,10 +131,11 @@ def test_dream_rollouts_are_deterministic_and_do_not_depend_on_how_episodes_are_
     assert np.isfinite(other).all()
 
 
-def test_a_killed_rank_makes_the_whole_job_exit_nonzero_promptly(world, tmp_path):
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP])
+def test_a_killed_or_hung_rank_makes_the_whole_job_exit_nonzero_promptly(world, tmp_path, how):
     run = copy_world(world, tmp_path / "run")
     proc = subprocess.Popen(["mpirun", "-n", "2", sys.executable, "-m", "worldmodels", "train-controller", "--config",
-                             str(SMOKE), "--run-dir", str(run), "controller.generations=1000"],
+                             str(SMOKE), "--run-dir", str(run), "controller.generations=1000", "controller.heartbeat_s=3"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**cli_env(), **MPI_ENV})
     directory = run / "checkpoints" / "controller"
     deadline = time.monotonic() + 120
@@ -145,9 +148,12 @@ def test_a_killed_rank_makes_the_whole_job_exit_nonzero_promptly(world, tmp_path
                 and b"OMPI_COMM_WORLD_RANK=1" in Path(f"/proc/{p}/environ").read_bytes()]
     assert children, f"rank 1 not found among {pids}"
     killed_at = time.monotonic()
-    os.kill(children[0], signal.SIGKILL)
+    os.kill(children[0], how)
     code = proc.wait(60)
     assert code != 0 and time.monotonic() - killed_at < 60
+    if how == signal.SIGSTOP:  # the other rank's heartbeat watcher ends the job, asking for a rerun
+        assert code == REQUEUE_EXIT_CODE and time.monotonic() - killed_at < 3 + 20
+        assert f"rank 1 on {socket.gethostname()} sent no heartbeat for 3 s" in proc.stderr.read()
 
 
 def test_evaluate_scores_controller_and_baselines_on_the_same_seeds_then_report_and_push(world, tmp_path):

@@ -153,6 +153,7 @@ class ControllerConfig:
     diagonal: bool = False  # separable CMA-ES (much faster ask/tell for large controllers)
     batch: int = 64  # episodes a rank plays in lockstep (one batched V/M/C forward per step)
     master_evaluates: bool = True  # rank 0 plays its share too (false: it only asks and tells)
+    heartbeat_s: float = 60.0  # under MPI, a rank silent this long stops the job, which requeues
     rescore_every: int = 25  # re-score the mean in the real game every G generations (0: never)
     rescore_rollouts: int = 64  # episodes of that re-scoring
     dream_steps: int = 1000  # longest dream (steps)
@@ -164,6 +165,7 @@ class ControllerConfig:
         for key in ("rollouts", "generations", "batch", "rescore_rollouts", "dream_steps"):
             _check(getattr(self, key) >= 1, f"controller.{key}", "must be >= 1")
         _check(self.sigma0 > 0, "controller.sigma0", "must be > 0")
+        _check(self.heartbeat_s > 0, "controller.heartbeat_s", f"must be > 0 seconds, got {self.heartbeat_s}")
         _check(self.rescore_every >= 0, "controller.rescore_every", "must be >= 0")
 
 

@@ -1,14 +1,16 @@
 """How a stage's work is split: tasks owning disjoint episodes, and the process group a stage runs
 in (MPI ranks when launched by mpirun/srun, else one process).
 
-Only what CMA-ES needs: rank, size, broadcast, gather, barrier, abort. Under MPI these are
+Only what CMA-ES needs: rank, size, hosts, broadcast, gather, barrier, abort, heartbeats. Under MPI these are
 mpi4py's (Debian's OpenMPI; `srun --mpi=pmix` on Slurm); a plain `python -m worldmodels`
 is a group of one and never initialises MPI.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import sys
 from typing import Any
 
@@ -23,6 +25,7 @@ class Single:
     """The group of one process."""
 
     rank, size = 0, 1
+    hosts = [socket.gethostname()]
 
     def bcast(self, value: Any) -> Any:
         return value
@@ -36,6 +39,9 @@ class Single:
     def abort(self, code: int) -> None:
         sys.exit(code)
 
+    def heartbeat(self, timeout_s: float, what: str) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
 
 class Mpi:
     """MPI.COMM_WORLD through mpi4py (pickle-based collectives: messages here are small)."""
@@ -45,6 +51,7 @@ class Mpi:
 
         self._comm = MPI.COMM_WORLD
         self.rank, self.size = self._comm.Get_rank(), self._comm.Get_size()
+        self.hosts = self._comm.allgather(socket.gethostname())  # where each rank runs, for messages
 
     def bcast(self, value: Any) -> Any:
         return self._comm.bcast(value, root=0)
@@ -58,6 +65,13 @@ class Mpi:
     def abort(self, code: int) -> None:
         # Ends every rank at once: a failed rank must never leave the others waiting forever.
         self._comm.Abort(code)
+
+    def heartbeat(self, timeout_s: float, what: str) -> contextlib.AbstractContextManager:
+        """While the block runs, a rank silent for `timeout_s` stops the job (worldmodels.heartbeat)."""
+        from worldmodels.heartbeat import Heartbeat
+        from worldmodels.preemption import REQUEUE_EXIT_CODE
+
+        return Heartbeat(self._comm, timeout_s, what, self.hosts, REQUEUE_EXIT_CODE)
 
 
 def world() -> Single | Mpi:

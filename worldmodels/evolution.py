@@ -116,7 +116,8 @@ def train_controller(cfg: Config, run_dir: str | Path) -> str:
 
     group = world()
     try:
-        with threadpool_limits(limits=1, user_api="blas"):  # the same sums under every launcher
+        with threadpool_limits(limits=1, user_api="blas"), group.heartbeat(cfg.controller.heartbeat_s, STAGE):
+            # (one BLAS thread: the same sums under every launcher)
             summary = _train(cfg, RunDir(run_dir), group)
     except (Interrupted, KeyboardInterrupt):
         raise
@@ -157,8 +158,8 @@ def _train(cfg: Config, run: RunDir, group) -> dict[str, Any]:
                 "CMA_diagonal": c.diagonal, "verbose": -9, "maxiter": 10**9, "tolflatfitness": 10**9,
                 "tolfun": 0, "tolx": 0, "tolstagnation": 10**9})
             state = {"generation": 0, "history": [], "best": np.zeros(size), "best_fitness": -np.inf}
-        log.info("train-controller: %s parameters per controller, population %d x %d rollouts, %s game, %d rank(s)",
-                 f"{size:,}", c.popsize, c.rollouts, c.mode, group.size)
+        log.info("train-controller: %s parameters per controller, population %d x %d rollouts, %s game, %d rank(s) on %s",
+                 f"{size:,}", c.popsize, c.rollouts, c.mode, group.size, ", ".join(sorted(set(group.hosts))))
     generation = group.bcast(state["generation"] if state else None)
 
     tracker = Tracker(cfg, run, STAGE, total=c.generations, done=generation, unit="generations") if group.rank == 0 else None

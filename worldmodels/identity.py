@@ -38,7 +38,7 @@ OPERATIONAL = frozenset({
     "train.device", "vae.compile",  # where the arithmetic runs (identical on CPU; see the README for GPUs)
     "collect.envs_per_task", "encode.batch_size", "controller.batch", "evaluate.batch",  # lockstep batches
     "vae.loader_workers", "mdnrnn.loader_workers",  # read-ahead threads
-    "controller.master_evaluates",  # which ranks play
+    "controller.master_evaluates", "controller.heartbeat_s",  # which ranks play, how long one may be silent
     "train.checkpoint_every_steps", "train.checkpoint_every_s", "train.keep_checkpoints",  # checkpoint cadence
     "train.log_every_steps", "logging.every_s", "logging.wandb", "logging.project",  # logging and tracking
 })

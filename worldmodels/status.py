@@ -48,11 +48,21 @@ def format_status(status: dict[str, Any]) -> str:
     for name, info in status["stages"].items():
         counters = ", ".join(f"{k}={v}" for k, v in info.items() if k not in ("state", "jobs", "reused_from"))
         if info.get("jobs"):
-            counters += "  jobs: " + ", ".join(f"{j['id']} {j['state']}" + (f" (restarts {j['restarts']})" if j["restarts"] else "")
-                                              for j in info["jobs"])
+            counters += "  jobs: " + ", ".join(_job(j) for j in info["jobs"])
         where = f"reused from {info['reused_from']}" if "reused_from" in info else "own"
         lines.append(f"  {name:<17} {info['state']:<8} {where:<5} {counters}")
     return "\n".join(lines)
+
+
+def _job(job: dict[str, Any]) -> str:
+    """"123 COMPLETED 00:01:02 312 MB n1", with its earlier attempts ("after NODE_FAIL on n2 (exit 0:0)")."""
+    attempts = job.get("attempts")
+    if not attempts:  # from scontrol: no history
+        return f"{job['id']} {job['state']}" + (f" (restarts {job['restarts']})" if job["restarts"] else "")
+    last = attempts[-1]
+    text = f"{job['id']} {last['state']} {last['elapsed']} {last['max_rss_mb']:.0f} MB {last['nodes']}"
+    earlier = [f"{a['state']} on {a['nodes']} (exit {a['exit_code']})" for a in attempts[:-1]]
+    return text + (f" after {', '.join(earlier)}" if earlier else "")
 
 
 def to_json(status: dict[str, Any]) -> str:
