@@ -55,6 +55,8 @@ start_munge() {
   mkdir -p "$DIR/munge"
   [ -s "$DIR/munge/munge.key" ] || dd if=/dev/urandom bs=1 count=1024 of="$DIR/munge/munge.key" 2>/dev/null
   chown -R munge:munge "$DIR/munge"; chmod 0700 "$DIR/munge"; chmod 0400 "$DIR/munge/munge.key"
+  su -s /bin/sh munge -c "test -w '$DIR/munge'" \
+    || die "munged runs as user munge, which cannot reach $DIR/munge (a parent folder is private); choose a SLURM_LOCAL_DIR every user can traverse"
   if ! munge -S "$MUNGE_SOCKET" -n 2>/dev/null | unmunge -S "$MUNGE_SOCKET" >/dev/null 2>&1; then
     su -s /bin/sh munge -c "munged --force --socket=$MUNGE_SOCKET --key-file=$DIR/munge/munge.key \
       --pid-file=$DIR/munge/munged.pid --log-file=$DIR/munge/munged.log --seed-file=$DIR/munge/munged.seed"
@@ -176,7 +178,8 @@ CONF
     for k in $(seq "$NODES"); do
       echo "NodeName=n$k NodeHostname=n$k NodeAddr=$NET.$((10 + k)) CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN"
     done
-    echo "PartitionName=debug Nodes=n[1-$NODES] Default=YES MaxTime=INFINITE State=UP"
+    # LLN: each job on the least loaded nodes, so that array tasks spread over the nodes
+    echo "PartitionName=debug Nodes=n[1-$NODES] Default=YES MaxTime=INFINITE State=UP LLN=YES"
   } > "$CONF"
 }
 

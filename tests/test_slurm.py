@@ -5,8 +5,10 @@ hung rank, the chained pipeline, status from sacct."""
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -141,6 +143,8 @@ def test_report_job_and_status_show_the_jobs(cluster, slurm_run):
     assert preempted["source"] == "sacct" and preempted["restarts"] == 1 and preempted["state"] == "COMPLETED"
     assert [a["state"] for a in preempted["attempts"]] == ["REQUEUED", "COMPLETED"], preempted
     assert preempted["attempts"][-1]["exit_code"] == "0:0" and preempted["attempts"][-1]["nodes"].startswith("n")
+    # the tasks of an array, started together, run on different nodes
+    assert len({job["attempts"][0]["nodes"] for job in status["collect"]["jobs"]}) == 2, status["collect"]
 
 
 def node_of(job_id: str) -> str:
@@ -315,8 +319,11 @@ def test_rendered_sbatch_scripts_match_the_checked_in_ones(profile, tmp_path):
     assert rendered == golden.read_text(), "rendered scripts changed; review and rerun with UPDATE_GOLDEN=1"
 
 
-def test_a_second_local_cluster_runs_beside_the_first_and_down_removes_all_of_it(cluster, tmp_path):
-    script, other = str(ROOT / "slurm" / "local-cluster.sh"), tmp_path / "other"
+def test_a_second_local_cluster_runs_beside_the_first_and_down_removes_all_of_it(cluster):
+    # its munged runs as user munge, which must reach the folder (pytest's are private)
+    other = Path(tempfile.mkdtemp(prefix="wm-second-cluster-"))
+    other.chmod(0o755)
+    script = str(ROOT / "slurm" / "local-cluster.sh")
     env = {**os.environ, "SLURM_LOCAL_DIR": str(other), "SLURM_CONF": str(other / "slurm.conf")}
     try:
         proc = subprocess.run([script, "up", "1"], capture_output=True, text=True, env=env, timeout=120)
@@ -329,6 +336,7 @@ def test_a_second_local_cluster_runs_beside_the_first_and_down_removes_all_of_it
         assert subprocess.run(["sinfo", "-h", "-o", "%D %t"], capture_output=True, text=True).stdout.split() == ["3", "idle"]
     finally:
         subprocess.run([script, "down"], capture_output=True, env=env, timeout=120)
+        shutil.rmtree(other, ignore_errors=True)
     assert not subprocess.run(["pgrep", "-f", str(other)], capture_output=True).stdout
     assert not [n for n in os.listdir("/run/netns") if n.startswith(f"wm{slot}-")]
     assert f"wm{slot}br" not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout

@@ -44,6 +44,7 @@ class Heartbeat:
         self.peers = list(range(1, self.size)) if self.rank == 0 else [0]
         self._stop = threading.Event()
         self._sends: list = []
+        self._byes: set[int] = set()  # the peers that have stopped beating, as they said
         self._one = np.zeros(1, dtype=np.uint8)
 
     def __enter__(self) -> "Heartbeat":
@@ -58,17 +59,16 @@ class Heartbeat:
             self._sends.append(self.channel.Isend(self._one, dest=peer, tag=tag))
         self._sends = [r for r in self._sends if not r.Test()]
 
-    def _receive(self) -> set[int]:
-        """Take every message waiting; returns the peers that said goodbye."""
+    def _receive(self) -> None:
+        """Take every message waiting."""
         from mpi4py import MPI
 
-        byes, status, buf = set(), MPI.Status(), np.zeros(1, dtype=np.uint8)
+        status, buf = MPI.Status(), np.zeros(1, dtype=np.uint8)
         while self.channel.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
             self.channel.Recv(buf, source=status.Get_source(), tag=status.Get_tag())
             self.last[status.Get_source()] = time.monotonic()
             if status.Get_tag() == BYE:
-                byes.add(status.Get_source())
-        return byes
+                self._byes.add(status.Get_source())
 
     def _run(self) -> None:
         interval = self.timeout_s / 4
@@ -84,7 +84,7 @@ class Heartbeat:
                 self._send(BEAT)
                 next_beat = now + interval
             self._receive()
-            silent = [p for p in self.peers if time.monotonic() - self.last[p] > self.timeout_s]
+            silent = [p for p in self.peers if p not in self._byes and time.monotonic() - self.last[p] > self.timeout_s]
             if silent:
                 self._lost(silent[0])
             self._stop.wait(min(0.2, interval))
@@ -108,9 +108,9 @@ class Heartbeat:
         if exc_type is not None:
             return
         self._send(BYE)
-        waiting, deadline = set(self.peers), time.monotonic() + self.timeout_s
-        while waiting and time.monotonic() < deadline:
-            waiting -= self._receive()
+        deadline = time.monotonic() + self.timeout_s
+        while not self._byes.issuperset(self.peers) and time.monotonic() < deadline:
+            self._receive()
             time.sleep(0.01)
         for request in self._sends:
             request.Wait()
