@@ -22,7 +22,7 @@ from worldmodels.stages import STAGES as REGISTRY, chain
 
 LOCAL = ROOT / "slurm" / "profiles" / "local.yaml"
 # one config for the whole Slurm run: enough work per stage to be preempted half-way
-RUN = ["env.max_steps=400", "collect.episodes=12", "vae.steps=60", "encode.batch_size=1", "mdnrnn.steps=400",
+RUN = ["env.max_steps=400", "collect.episodes=8", "vae.steps=60", "encode.batch_size=1", "mdnrnn.steps=300",
        "controller.generations=6", "evaluate.episodes=6", "train.log_every_steps=1"]
 STAGES = [stage for stage in REGISTRY if stage != "report"]  # every stage, from the registry
 
@@ -203,7 +203,7 @@ def test_losing_a_node_during_collect_then_train_vae_requeues_resumes_and_ends_i
 def test_a_hung_rank_then_a_cut_link_during_train_controller_each_requeue_and_the_history_equals_one_process(
         cluster, reference, tmp_path):
     # the controller of another seed, branched from the reference's V and M, uninterrupted and local
-    seed = ["controller.seed=5", "controller.generations=12"]
+    seed = ["controller.seed=5", "controller.generations=8"]
     alone = tmp_path / "alone"
     run_cli("train-controller", "--config", SMOKE, "--run-dir", alone, "--from", reference, *RUN, *seed)
     run = tmp_path / "run"
