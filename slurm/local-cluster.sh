@@ -234,11 +234,15 @@ stop_pid() {  # stop_pid PIDFILE: SIGTERM, then wait for the process to end
 kill_node() {
   local pids
   pids=$(ip netns pids "$(ns "$1")" 2>/dev/null || true)
-  [ -z "$pids" ] || kill -9 $pids 2>/dev/null || true
-  # killed MPI ranks leave their shared-memory segments behind
-  for seg in /dev/shm/vader_segment.*; do
+  if [ -n "$pids" ]; then
+    kill -9 $pids 2>/dev/null || true
+    for _ in $(seq 50); do ps -p "$(echo $pids | tr ' ' ,)" >/dev/null || break; sleep 0.1; done
+  fi
+  # killed MPI ranks leave their shared-memory segments (vader_segment.HOST.JOB.RANK) behind:
+  # remove the node's that no process maps any more (another cluster may have a node of that name)
+  for seg in /dev/shm/vader_segment."$1".*; do
     [ -e "$seg" ] || continue
-    pid=$(echo "$seg" | sed -n 's/.*\.\([0-9]*\)$/\1/p'); [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null && rm -f "$seg"
+    grep -qsF "$seg" /proc/[0-9]*/maps || rm -f "$seg"
   done
   return 0
 }

@@ -116,8 +116,8 @@ def train_controller(cfg: Config, run_dir: str | Path) -> str:
 
     group = world()
     try:
+        # one BLAS thread: the same sums under every launcher
         with threadpool_limits(limits=1, user_api="blas"), group.heartbeat(cfg.controller.heartbeat_s, STAGE):
-            # (one BLAS thread: the same sums under every launcher)
             summary = _train(cfg, RunDir(run_dir), group)
     except (Interrupted, KeyboardInterrupt):
         raise

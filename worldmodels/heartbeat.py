@@ -11,8 +11,8 @@ a new attempt) and aborts every rank with REQUEUE_EXIT_CODE. A node that drops o
 is found both here and by Slurm (its node failure detection requeues the job too).
 
 Needs MPI_THREAD_MULTIPLE (mpi4py asks for it; Debian's OpenMPI gives it): the heartbeat thread
-sends while the main thread waits in a collective. Messages are one byte, so a 64-rank job sends
-about 500 bytes a second at the default one-minute timeout.
+sends while the main thread waits in a collective. Messages are one byte: a 64-rank job at the
+default one-minute timeout sends about eight a second.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ import numpy as np
 log = logging.getLogger("worldmodels")
 
 BEAT, BYE = 1, 2  # message tags
-_requeue: list[Callable[[], None]] = []
+_requeue: Callable[[], None] | None = None
 
 
 def on_silence(action: Callable[[], None]) -> None:
     """Run `action` (the job layer's requeue) before the ranks are aborted over a silent rank."""
-    _requeue[:] = [action]
+    global _requeue
+    _requeue = action
 
 
 class Heartbeat:
@@ -92,9 +93,9 @@ class Heartbeat:
     def _lost(self, peer: int) -> None:
         log.error("%s: rank %d on %s sent no heartbeat for %.0f s (controller.heartbeat_s); stopping the job so "
                   "that it resumes from its last checkpoint", self.what, peer, self.hosts[peer], self.timeout_s)
-        for action in _requeue:
+        if _requeue is not None:
             try:
-                action()
+                _requeue()
             except Exception as exc:  # the abort below must happen whatever the requeue did
                 log.error("%s: requeue failed: %s", self.what, exc)
         self.comm.Abort(self.abort_code)

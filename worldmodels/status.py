@@ -55,7 +55,8 @@ def format_status(status: dict[str, Any]) -> str:
 
 
 def _job(job: dict[str, Any]) -> str:
-    """"123 COMPLETED 00:01:02 312 MB n1", with its earlier attempts ("after NODE_FAIL on n2 (exit 0:0)")."""
+    """One job for the table: its last attempt (id, state, elapsed, peak memory, nodes), then the
+    earlier ones, e.g. `412_0 COMPLETED 00:00:41 310 MB n2 after NODE_FAIL on n1 (exit 0:0)`."""
     attempts = job.get("attempts")
     if not attempts:  # from scontrol: no history
         return f"{job['id']} {job['state']}" + (f" (restarts {job['restarts']})" if job["restarts"] else "")
