@@ -64,14 +64,15 @@ def observation_us(calls: int = 3000) -> float:
 
 def collect_fps(episodes: int, envs_per_task: int) -> tuple[float, int]:
     from worldmodels import config
-    from worldmodels.collect import collect, open_rollouts
+    from worldmodels.collect import open_rollouts
+    from worldmodels.pipeline import run_stage
     from worldmodels.rundir import RunDir
 
     cfg = config.load(ROOT / "configs" / "demo.yaml", [f"collect.episodes={episodes}", f"collect.envs_per_task={envs_per_task}",
                                                        "logging.wandb=false", "logging.every_s=1000"])
     with tempfile.TemporaryDirectory() as run_dir:
         start = time.perf_counter()
-        collect(cfg, run_dir)
+        run_stage("collect", cfg, run_dir)  # as a stage: it writes into a run directory it set up
         elapsed = time.perf_counter() - start
         steps = int((open_rollouts(cfg, RunDir(run_dir)).lengths() - 1).sum())
     return steps * cfg.env.frame_skip / elapsed, steps

@@ -29,9 +29,10 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.limits import best_of  # noqa: E402
 from worldmodels import config  # noqa: E402
-from worldmodels.collect import collect, open_rollouts  # noqa: E402
+from worldmodels.collect import open_rollouts  # noqa: E402
 from worldmodels.loader import frame_loader  # noqa: E402
 from worldmodels.mdnrnn import MDNRNN, mdn_nll  # noqa: E402
+from worldmodels.pipeline import run_stage  # noqa: E402
 from worldmodels.rundir import RunDir  # noqa: E402
 from worldmodels.device import autocast, select_device  # noqa: E402
 from worldmodels.vae import ConvVAE, to_input, vae_loss  # noqa: E402
@@ -129,7 +130,7 @@ def main() -> None:
     cfg = config.load(ROOT / "configs" / "demo.yaml", [f"collect.episodes={args.episodes}", "logging.wandb=false"])
     results: dict[str, float] = {"cores": cores}
     with tempfile.TemporaryDirectory() as run_dir:
-        collect(cfg, run_dir)
+        run_stage("collect", cfg, run_dir)  # as a stage: it writes into a run directory it set up
         store = open_rollouts(cfg, RunDir(run_dir))
         frames = raw_decode_fps(store)[1]
         raw = best_of(3, lambda: raw_decode_fps(store)[0])
