@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="FOLDER|RUN_DIR|USER/NAME", help="where the agent is")
     p.add_argument("--episodes", type=int, default=3, help="how many evaluation episodes to play, from episode 0 (default 3)")
     p.add_argument("--video", type=Path, metavar="OUT.mp4", help="also record episode 0 to this file")
-    p.add_argument("--sticky", action="store_true", help="sticky actions: repeat the previous action with probability 0.25")
+    p.add_argument("--sticky", action="store_true", help="play under the sticky-actions protocol (repeat the previous "
+                   "action with probability 0.25) instead of the evaluation's first protocol")
 
     p = sub.add_parser("submit", help="submit a stage (or `pipeline`: every stage, chained) to Slurm through submitit")
     p.add_argument("stage", metavar="STAGE", help=f"{', '.join(STAGES)} or pipeline")
@@ -194,13 +195,13 @@ def run(args: argparse.Namespace) -> int:
 def play(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from worldmodels.agent import STICKY, Agent, play as play_agent
+    from worldmodels.agent import Agent, play as play_agent
     from worldmodels.errors import ConfigError
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
-    agent = Agent.load(args.model, [f"env.repeat_action_probability={STICKY}"] if args.sticky else [])
-    scores = play_agent(agent, args.episodes, args.video,
+    agent = Agent.load(args.model)
+    scores = play_agent(agent, args.episodes, args.video, protocol="sticky" if args.sticky else None,
                         on_score=lambda k, seed, score: print(f"episode {k} (seed {seed}): {score:g}", flush=True))
     print(f"play: {np.mean(scores):.1f} +- {np.std(scores):.1f} over {len(scores)} episodes"
           + (f"; episode 0 recorded to {args.video}" if args.video else ""))

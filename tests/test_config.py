@@ -38,6 +38,11 @@ def test_overrides_parse_yaml_values_and_coerce_ints_to_floats():
     ("mdnrnn.tau=-.inf", "mdnrnn.tau"),
     ("mdnrnn.reward_scale=0", "mdnrnn.reward_scale"),  # zero where a scale divides
     ("env.repeat_action_probability=1", "env.repeat_action_probability"),
+    ("controller.inputs=zc", "controller.inputs"),  # the ablations: what C sees, an untrained M, the protocols
+    ("mdnrnn.steps=-1", "mdnrnn.steps"),
+    ("evaluate.protocols=[v4, v4]", "evaluate.protocols"),
+    ("evaluate.protocols=[v5]", "evaluate.protocols"),
+    ("evaluate.protocols=[]", "evaluate.protocols"),
 ])
 def test_bad_keys_and_values_are_errors_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=f"'{key}'"):

@@ -47,6 +47,40 @@ def last_checkpoint(run: Path) -> dict:
     return load_file(directory / f"step-{Checkpointer(directory, every_steps=1, every_s=1, keep=1).steps()[-1]:09d}.pt")
 
 
+@pytest.mark.parametrize("inputs, features, size", [("z", 32, 198), ("zh", 288, 1734), ("zhc", 544, 3270)])
+def test_what_the_controller_sees_sets_its_size_as_documented(inputs, features, size):
+    assert controller_size(32, 256, 6, inputs) == size  # the numbers config.py and the README give
+    weights, biases = unflatten(torch.zeros(2, size), 32, 256, 6, inputs)
+    assert weights.shape == (2, 6, features) and biases.shape == (2, 6)
+
+
+def test_ablations_branch_from_a_world_z_only_controller_and_untrained_m(world, tmp_path):
+    z_only = tmp_path / "z-only"
+    args = ["--config", SMOKE, "--from", world, "controller.generations=1", "evaluate.videos=0"]
+    run_cli("train-controller", "--run-dir", z_only, *args, "controller.inputs=z")
+    assert last_checkpoint(z_only)["size"] == (8 + 1) * 6  # smoke: z=8, 6 actions, no h
+    run_cli("evaluate", "--run-dir", z_only, *args, "controller.inputs=z")
+    assert len(json.loads((z_only / "eval" / "results.json").read_text())["scores"]) == 4
+    # the run's controller sees z: evaluating it as one that sees more is refused, in one line
+    refused = run_cli("evaluate", "--run-dir", z_only, *args, "controller.inputs=zhc", check=False)
+    assert refused.returncode == 2 and "controller.inputs" in refused.stderr, refused.stderr
+    # mdnrnn.steps=0: M keeps its initialisation; V and the data are the world's, reused
+    untrained = tmp_path / "untrained-m"
+    assert "finished at step 0" in run_cli("train-mdnrnn", "--run-dir", untrained, *args, "mdnrnn.steps=0").stdout
+    out = run_cli("train-controller", "--run-dir", untrained, *args, "mdnrnn.steps=0")
+    assert "train-controller: finished at generation 1" in out.stdout
+    status = json.loads(run_cli("status", untrained, "--json").stdout)["stages"]
+    assert "reused_from" in status["train-vae"] and "reused_from" not in status["train-mdnrnn"]
+    assert status["train-mdnrnn"]["state"] == "done" and status["train-mdnrnn"]["step"] == 0
+    trained = load_file(next((world / "checkpoints" / "mdnrnn").glob("step-*.pt")))["model"]
+    initial = load_file(untrained / "checkpoints" / "mdnrnn" / "step-000000000.pt")["model"]
+    assert not torch.equal(trained["lstm.weight_hh_l0"], initial["lstm.weight_hh_l0"])
+    for bad in ("controller.inputs=zc", "mdnrnn.steps=-1"):
+        proc = run_cli("train-controller", "--run-dir", tmp_path / "bad", *args, bad, check=False)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and bad.split("=")[0] in proc.stderr, proc.stderr
+        assert not (tmp_path / "bad").exists()
+
+
 def test_controller_size_and_vector_round_trip():
     assert controller_size(32, 256, 6) == 1734
     params = torch.randn(5, 1734)
@@ -165,9 +199,17 @@ def test_evaluate_scores_controller_and_baselines_on_the_same_seeds_then_report_
     results = json.loads((run / "eval" / "results.json").read_text())
     whole = tmp_path / "whole"
     run_cli("evaluate", "--config", SMOKE, "--run-dir", whole, "--from", run, "evaluate.videos=0")
-    assert json.loads((whole / "eval" / "results.json").read_text())["scores"] == results["scores"]
-    for key in ("episodes", "mean", "std", "scores", "random", "controller", "env_id", "seeds", "heuristics"):
+    # every protocol's scores are a function of the seeds alone: the same split in two tasks with other
+    # batches as in one
+    assert json.loads((whole / "eval" / "results.json").read_text())["protocols"] == results["protocols"]
+    for key in ("episodes", "mean", "std", "scores", "random", "controller", "env_id", "seeds", "heuristics", "protocols"):
         assert key in results
+    v4, sticky = results["protocols"]["v4"], results["protocols"]["sticky"]
+    assert results["protocol"] == "v4" and v4["scores"] == results["scores"] and v4["repeat_action_probability"] == 0
+    assert sticky["repeat_action_probability"] == 0.25 and v4["distinct"] == len(set(v4["scores"]))
+    # sticky actions change the games: the same policies on the same seeds score otherwise
+    assert [b["scores"] for b in (v4, v4["random"], *v4["heuristics"].values())] != \
+        [b["scores"] for b in (sticky, sticky["random"], *sticky["heuristics"].values())]
     assert results["episodes"] == 4 and len(results["scores"]) == len(results["seeds"]) == 4
     assert set(results["heuristics"]) == {"always_fire", "sweep_fire"}
     assert len(set(results["seeds"])) == 4
@@ -175,7 +217,7 @@ def test_evaluate_scores_controller_and_baselines_on_the_same_seeds_then_report_
     assert list((run / "eval" / "videos").glob("controller-episode-0.mp4"))
     assert (run / "eval" / "videos" / "controller-episode-0.mp4").stat().st_size > 1000
     status = json.loads(run_cli("status", run, "--json").stdout)["stages"]
-    assert status["evaluate"] == {"state": "done", "mean": results["mean"], "std": results["std"]}
+    assert status["evaluate"] == {"state": "done", "mean": results["mean"], "std": results["std"], "mean_sticky": sticky["mean"]}
     assert status["train-controller"]["generation"] == 3 and status["train-controller"]["state"] == "done"
     run_cli("report", *args)
     page = (run / "report" / "index.html").read_text()

@@ -67,10 +67,11 @@ def test_wandb_runs_hold_each_stages_pictures_the_gameplay_video_and_the_score_t
     table = json.loads(next((folder / "files" / "media" / "table").rglob("*.table.json")).read_text())
     assert table["columns"] == ["protocol", "policy", "episode", "seed", "score"]
     results = json.loads((finished / "eval" / "results.json").read_text())
-    rows = {(policy, k): (protocol, seed, score) for protocol, policy, k, seed, score in table["data"]}
-    assert len(rows) == 4 * results["episodes"]
-    assert [rows[("controller", k)] for k in range(4)] == [("v4", s, x) for s, x in zip(results["seeds"], results["scores"])]
-    assert [rows[("random", k)][2] for k in range(4)] == results["random"]["scores"]
+    rows = {(protocol, policy, k): (seed, score) for protocol, policy, k, seed, score in table["data"]}
+    assert len(rows) == 2 * 4 * results["episodes"]  # v4 and sticky, four policies
+    for protocol, block in results["protocols"].items():
+        assert [rows[(protocol, "controller", k)] for k in range(4)] == list(zip(results["seeds"], block["scores"]))
+        assert [rows[(protocol, "random", k)][1] for k in range(4)] == block["random"]["scores"]
 
 
 def test_the_hub_card_carries_model_index_metadata_the_replay_and_usage_that_works_when_copied(finished, pushed, tmp_path):
@@ -78,10 +79,12 @@ def test_the_hub_card_carries_model_index_metadata_the_replay_and_usage_that_wor
 
     results = json.loads((finished / "eval" / "results.json").read_text())
     card = ModelCard.load(pushed / "README.md")
-    (result,) = card.data.eval_results
-    assert (result.task_type, result.dataset_type, result.dataset_name, result.metric_type) == (
-        "reinforcement-learning", "SpaceInvadersNoFrameskip-v4", "SpaceInvadersNoFrameskip-v4", "mean_reward")
+    result, sticky = card.data.eval_results  # the headline (v4) under the Hub's usual metric name, then sticky
+    assert (result.task_type, result.dataset_type, result.dataset_name, result.metric_type, result.metric_name) == (
+        "reinforcement-learning", "SpaceInvadersNoFrameskip-v4", "SpaceInvadersNoFrameskip-v4", "mean_reward", "mean_reward")
     assert result.metric_value == f"{results['mean']:.2f} +/- {results['std']:.2f}"
+    block = results["protocols"]["sticky"]
+    assert (sticky.metric_name, sticky.metric_value) == ("mean_reward (sticky)", f"{block['mean']:.2f} +/- {block['std']:.2f}")
     assert "reinforcement-learning" in card.data.tags and "SpaceInvadersNoFrameskip-v4" in card.data.tags
     assert 'src="replay.mp4"' in card.text and (pushed / "replay.mp4").read_bytes()[4:8] == b"ftyp"
     assert "no sticky actions" in card.text and str(results["episodes"]) in card.text
@@ -117,7 +120,8 @@ def test_play_from_the_pushed_folder_reproduces_the_evaluation_on_the_same_seeds
     for a, b in ((from_folder.vae, from_run.vae), (from_folder.mdnrnn, from_run.mdnrnn)):
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     sticky = run_cli("play", "--model", finished, "--episodes", 2, "--sticky")
-    assert len(re.findall(r"^episode \d+ ", sticky.stdout, re.M)) == 2
+    played = [float(x) for x in re.findall(r"^episode \d+ \(seed \d+\): (\S+)$", sticky.stdout, re.M)]
+    assert played == results["protocols"]["sticky"]["scores"][:2]
 
 
 @pytest.mark.parametrize("model, message", [("no/such-agent-offline", "cannot download the agent"),

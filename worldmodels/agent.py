@@ -27,9 +27,6 @@ from worldmodels.rundir import CHECKPOINTS, RunDir, controller_from, mdnrnn_from
 # what each model file keeps of its stage's final checkpoint: what playing needs, nothing to resume
 KEPT = {"vae": ("model", "z_size"), "mdnrnn": ("model", "z_size", "actions"), "controller": ("best", "mean")}
 REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
-STICKY = 0.25  # the sticky-actions protocol's repeat probability (Machado et al. 2018)
-
-
 def model_file(folder: Path, stage: str) -> Path:
     return folder / "models" / f"{CHECKPOINTS[stage]}.pt"
 
@@ -57,7 +54,7 @@ class Agent:
     @classmethod
     def load(cls, source: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> "Agent":
         """From an agent folder, a run directory or a Hub repository id (USER/NAME, needs the network).
-        `overrides` change how it plays (e.g. env.repeat_action_probability=0.25), never what it is."""
+        `overrides` change how it plays (e.g. evaluate.episodes), never what it is."""
         from worldmodels.controller import controller_size
 
         path = Path(source)
@@ -76,14 +73,14 @@ class Agent:
             cfg = config_lib.override(saved, overrides)
             vae, mdnrnn = run.load_vae(cfg), run.load_mdnrnn(cfg)
             controller = lambda size: run.load_controller(cfg, size)[0]  # noqa: E731
-        return cls(cfg, vae, mdnrnn, controller(controller_size(cfg.vae.z_size, mdnrnn.hidden, mdnrnn.actions)), str(source))
+        return cls(cfg, vae, mdnrnn, controller(controller_size(cfg.vae.z_size, mdnrnn.hidden, mdnrnn.actions, cfg.controller.inputs)), str(source))
 
     def policy(self, batch: int):
         import torch
 
         from worldmodels.controller import WorldModelPolicy
 
-        return WorldModelPolicy(self.vae, self.mdnrnn, torch.from_numpy(self.solution[None]), batch)
+        return WorldModelPolicy(self.vae, self.mdnrnn, torch.from_numpy(self.solution[None]), batch, self.cfg.controller.inputs)
 
 
 def _download(repo_id: str) -> Path:
@@ -96,17 +93,19 @@ def _download(repo_id: str) -> Path:
         raise DataError(f"cannot download the agent {repo_id} from the Hugging Face Hub: {str(exc).splitlines()[0]}") from None
 
 
-def play(agent: Agent, episodes: int, video: Path | None = None,
+def play(agent: Agent, episodes: int, video: Path | None = None, protocol: str | None = None,
          on_score: Callable[[int, int, float], None] = lambda k, seed, score: None) -> list[float]:
-    """Play evaluation episodes 0..episodes-1 (the evaluate stage's seeds) on the CPU; returns their
-    scores in episode order. With `video`, episode 0 is also recorded there."""
+    """Play evaluation episodes 0..episodes-1 (the evaluate stage's seeds) on the CPU under an
+    evaluation `protocol` (config.PROTOCOLS; default: the evaluation's first); returns their scores
+    in episode order. With `video`, episode 0 is also recorded there."""
     import torch
 
-    from worldmodels.evaluate import eval_job
+    from worldmodels.evaluate import eval_job, protocol_env
     from worldmodels.rollout import play as play_jobs
     from worldmodels.video import record_episode
 
     cfg = agent.cfg
+    env = protocol_env(cfg, protocol or cfg.evaluate.protocols[0])
     scores: dict[int, float] = {}
 
     def done(played) -> None:
@@ -115,7 +114,7 @@ def play(agent: Agent, episodes: int, video: Path | None = None,
 
     batch = max(1, min(cfg.evaluate.batch, episodes))
     with torch.no_grad():
-        play_jobs(cfg.env, agent.policy(batch), [eval_job(cfg, k) for k in range(episodes)], done, batch=batch)
+        play_jobs(env, agent.policy(batch), [eval_job(cfg, k) for k in range(episodes)], done, batch=batch)
         if video is not None:
-            record_episode(cfg.env, agent.policy(1), eval_job(cfg, 0), video)
+            record_episode(env, agent.policy(1), eval_job(cfg, 0), video)
     return [scores[k] for k in range(episodes)]

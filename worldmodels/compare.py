@@ -24,6 +24,7 @@ from worldmodels import config as config_lib
 from worldmodels.errors import DataError
 from worldmodels.files import atomic_write
 from worldmodels.rundir import RunDir
+from worldmodels.scores import blocks
 from worldmodels.tracking import log
 
 BASELINES = ("random", "always_fire", "sweep_fire")
@@ -89,16 +90,24 @@ def summarise(runs: list[RunDir]) -> dict[str, Any]:
         scores = [r["mean"] for _, _, r in members]
         low, high = bootstrap_ci(scores)
         episodes = [s for _, _, r in members for s in r["scores"]]
+        # every protocol all of the point's runs were evaluated under, the headline first
+        names = [name for name in blocks(members[0][2]) if all(name in blocks(r) for _, _, r in members)]
+        protocols = {}
+        for name in names:
+            means = [blocks(r)[name]["mean"] for _, _, r in members]
+            protocols[name] = dict(zip(("scores", "mean", "ci_low", "ci_high"), (means, float(np.mean(means)), *bootstrap_ci(means))))
         points.append({
             "point": label, "settings": {k: members[0][1].get(k) for k in setting_keys},
             "runs": [str(run.path) for run, _, _ in members],
             "seeds": [{k: flat.get(k) for k in seed_keys} for _, flat, _ in members],
             "scores": scores, "mean": float(np.mean(scores)), "ci_low": low, "ci_high": high, "iqm": iqm(episodes),
             "baselines": {name: float(np.mean([_baseline(r, name) for _, _, r in members])) for name in BASELINES},
+            "protocols": protocols,
             "curve": _curve([run.fitness_history() for run, _, _ in members]),
         })
     first = finished[0][2]
-    protocol = (f"{first['env_id']}, no-op starts, {first['episodes']} evaluation episodes per run, the same episode "
+    protocol = (f"{first['env_id']}, no-op starts, {first['episodes']} evaluation episodes per run and protocol "
+                f"({', '.join(blocks(first))}; the first is the headline), the same episode "
                 "seeds for every policy of a run; per point: mean over seeds of the controller's mean score, "
                 f"{int(CONFIDENCE * 100)}% percentile bootstrap interval over seeds, IQM over every episode")
     return {"protocol": protocol, "seed_keys": seed_keys, "setting_keys": setting_keys, "points": points}
@@ -134,16 +143,24 @@ def compare(dirs: list[Path], out: Path | None = None) -> Path:
 def _page(summary: dict[str, Any]) -> str:
     from worldmodels.pages import page, table
 
+    others = sorted({name for p in summary["points"] for name in list(p.get("protocols", {}))[1:]})
+
+    def other(p: dict[str, Any], name: str) -> list[str]:
+        q = p.get("protocols", {}).get(name)
+        return [f"{q['mean']:.1f}", f"[{q['ci_low']:.1f}, {q['ci_high']:.1f}]"] if q else ["", ""]
+
     rows = [[html.escape(p["point"]), str(len(p["runs"])), f"{p['mean']:.1f}", f"[{p['ci_low']:.1f}, {p['ci_high']:.1f}]",
-             f"{p['iqm']:.1f}", ", ".join(f"{s:.1f}" for s in p["scores"]), *(f"{p['baselines'][b]:.1f}" for b in BASELINES)]
+             f"{p['iqm']:.1f}", ", ".join(f"{s:.1f}" for s in p["scores"]), *(f"{p['baselines'][b]:.1f}" for b in BASELINES),
+             *(cell for name in others for cell in other(p, name))]
             for p in summary["points"]]
-    header = ["point", "seeds", "mean", "95% CI", "IQM", "per-seed means", *(b.replace("_", " ") for b in BASELINES)]
+    header = ["point", "seeds", "mean", "95% CI", "IQM", "per-seed means", *(b.replace("_", " ") for b in BASELINES),
+              *(f"{label} ({name})" for name in others for label in ("mean", "95% CI"))]
     runs = "".join(f"<li>{html.escape(p['point'])}: " + ", ".join(f"<code>{html.escape(r)}</code>" for r in p["runs"])
                    + "</li>" for p in summary["points"])
     return page("World Models comparison", [
         "<h1>World Models: comparison over seeds</h1>", f"<p>{html.escape(summary['protocol'])}</p>",
         f"<p>Seeds vary over: {html.escape(', '.join(summary['seed_keys']) or 'nothing (one run per point)')}</p>",
-        table(header, rows, numeric={1, 2, 4, *range(6, 6 + len(BASELINES))}),
+        table(header, rows, numeric={1, 2, 4, *range(6, 6 + len(BASELINES)), *range(6 + len(BASELINES), len(header), 2)}),
         '<h2>Scores</h2><img src="scores.png" alt="mean with confidence interval per point">',
         '<h2>Learning curves</h2><img src="learning-curves.png" alt="CMA-ES fitness per generation">',
         f"<h2>Runs</h2><ul>{runs}</ul>"])

@@ -123,7 +123,7 @@ class MDNRNNConfig:
     batch_size: int = 100  # sequences per step
     lr: float = 1e-3  # Adam learning rate
     grad_clip: float = 1.0  # gradient norm clip
-    steps: int = 20_000  # optimizer steps
+    steps: int = 20_000  # optimizer steps (0: M keeps its random initialisation, the untrained-M ablation)
     reward_scale: float = 0.1  # the reward head predicts reward * reward_scale
     done_weight: float = 10.0  # weight of game-over steps in the done loss (they are rare)
     block_episodes: int = 64  # episodes shuffled together in memory
@@ -132,8 +132,9 @@ class MDNRNNConfig:
     seed: int | None = None  # seed of M's initialisation, batches and noise (default: the run seed)
 
     def __post_init__(self) -> None:
-        for key in ("hidden", "gaussians", "seq_len", "batch_size", "steps", "block_episodes", "loader_workers"):
+        for key in ("hidden", "gaussians", "seq_len", "batch_size", "block_episodes", "loader_workers"):
             _check(getattr(self, key) >= 1, f"mdnrnn.{key}", "must be >= 1")
+        _check(self.steps >= 0, "mdnrnn.steps", f"must be >= 0 (0: untrained), got {self.steps}")
         _check(self.lr > 0, "mdnrnn.lr", "must be > 0")
         _check(self.grad_clip > 0, "mdnrnn.grad_clip", "must be > 0")
         _check(self.tau > 0, "mdnrnn.tau", "must be > 0")
@@ -141,11 +142,17 @@ class MDNRNNConfig:
         _check(self.done_weight > 0, "mdnrnn.done_weight", "must be > 0")
 
 
+# What C sees, by name (the features of its linear map, in this order): V's z alone; z and M's
+# hidden state h (the paper's); z, h and the LSTM's cell state c.
+INPUTS = {"z": ("z",), "zh": ("z", "h"), "zhc": ("z", "h", "c")}
+
+
 @dataclass(frozen=True)
 class ControllerConfig:
     """C: the linear controller found by CMA-ES (train-controller)."""
 
     mode: str = "real"  # where candidates are scored: "real" (the game) or "dream" (inside M)
+    inputs: str = "zh"  # what C sees (INPUTS): z, zh (the paper) or zhc; sets C's size (z: 198 numbers, zh: 1,734)
     popsize: int = 64  # CMA-ES population
     rollouts: int = 16  # episodes per candidate; all candidates of a generation share their seeds
     generations: int = 300  # explicit budget (cma's own stop rules end early on integer scores)
@@ -161,6 +168,7 @@ class ControllerConfig:
 
     def __post_init__(self) -> None:
         _check(self.mode in ("real", "dream"), "controller.mode", f"must be real or dream, got {self.mode!r}")
+        _check(self.inputs in INPUTS, "controller.inputs", f"must be one of {', '.join(INPUTS)}, got {self.inputs!r}")
         _check(self.popsize >= 2, "controller.popsize", f"must be >= 2, got {self.popsize}")
         for key in ("rollouts", "generations", "batch", "rescore_rollouts", "dream_steps"):
             _check(getattr(self, key) >= 1, f"controller.{key}", "must be >= 1")
@@ -169,11 +177,18 @@ class ControllerConfig:
         _check(self.rescore_every >= 0, "controller.rescore_every", "must be >= 0")
 
 
+# The evaluation protocols by name: the emulator's repeat-action probability under each. "v4" is
+# SpaceInvadersNoFrameskip-v4's (none: a fixed policy replays at most noop_max different games);
+# "sticky" is Machado et al. (2018)'s 0.25, behind most recent published Atari curves.
+PROTOCOLS = {"v4": 0.0, "sticky": 0.25}
+
+
 @dataclass(frozen=True)
 class EvaluateConfig:
     """evaluate: the controller, the random policy and fixed heuristics on the same episodes."""
 
-    episodes: int = 100  # the paper's protocol: mean and std over 100 episodes
+    episodes: int = 100  # the paper's protocol: mean and std over 100 episodes, per protocol
+    protocols: tuple[str, ...] = ("v4", "sticky")  # every policy plays the episodes under each; the first is the headline
     controller: str = "best"  # which solution plays: "best" (best fitness seen) or "mean" (CMA-ES mean)
     videos: int = 3  # episodes recorded to eval/videos/*.mp4
     batch: int = 16  # episodes played in lockstep
@@ -181,6 +196,9 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         _check(self.episodes >= 1, "evaluate.episodes", "must be >= 1")
+        unknown = [p for p in self.protocols if p not in PROTOCOLS]
+        _check(bool(self.protocols) and not unknown and len(set(self.protocols)) == len(self.protocols),
+               "evaluate.protocols", f"must list distinct protocols of {', '.join(PROTOCOLS)}, got {list(self.protocols)}")
         _check(self.controller in ("best", "mean"), "evaluate.controller", f"must be best or mean, got {self.controller!r}")
         _check(self.videos >= 0, "evaluate.videos", "must be >= 0")
         _check(self.batch >= 1, "evaluate.batch", "must be >= 1")

@@ -30,7 +30,7 @@ import torch
 from worldmodels import cma_internals, seeds
 from worldmodels.checkpoint import Checkpointer
 from worldmodels.config import Config
-from worldmodels.controller import WorldModelPolicy, act, controller_size, unflatten
+from worldmodels.controller import WorldModelPolicy, act, controller_size, seen, unflatten
 from worldmodels.distributed import share, world
 from worldmodels.envs import EnvPool
 from worldmodels.errors import DataError, Interrupted
@@ -51,7 +51,7 @@ def real_returns(cfg: Config, vae, mdnrnn, params: np.ndarray, jobs: list[tuple[
     if not jobs:
         return np.zeros(0)
     batch = min(cfg.controller.batch, len(jobs))
-    policy = WorldModelPolicy(vae, mdnrnn, torch.from_numpy(params), batch=batch)
+    policy = WorldModelPolicy(vae, mdnrnn, torch.from_numpy(params), batch=batch, inputs=cfg.controller.inputs)
     episodes = [Episode(i, seeds.seed(cfg, stream, generation, r), tag=c) for i, (c, r) in enumerate(jobs)]
     out = np.zeros(len(jobs))
 
@@ -83,18 +83,19 @@ def dream_returns(cfg: Config, mdnrnn, starts: np.ndarray, params: np.ndarray, j
     z_size, steps, R = cfg.vae.z_size, c.dream_steps, c.rollouts
     start = torch.from_numpy(starts)[torch.randint(len(starts), (R,), generator=g)]  # [R, 2, z]
     z = (start[:, 0] + torch.exp(0.5 * start[:, 1]) * torch.randn(R, z_size, generator=g)).to(device)[roll]
-    weights, biases = unflatten(torch.from_numpy(params).float().to(device), z_size, mdnrnn.hidden, mdnrnn.actions)
+    weights, biases = unflatten(torch.from_numpy(params).float().to(device), z_size, mdnrnn.hidden, mdnrnn.actions, c.inputs)
     weights, biases = weights[cand], biases[cand]
     n = len(jobs)
-    h, state = torch.zeros(n, mdnrnn.hidden, device=device), None
+    h = cell = torch.zeros(n, mdnrnn.hidden, device=device)
+    state = None
     total, alive = torch.zeros(n, device=device), torch.ones(n, dtype=torch.bool, device=device)
     with torch.no_grad():
         for t in range(steps):
             gumbel, normal = (d.to(device) for d in draws((R, z_size), mdnrnn.gaussians, g))
             ends = torch.rand(R, generator=g).to(device)
-            a = act(weights, biases, z, h)
+            a = act(weights, biases, seen(c.inputs, z, h, cell))
             logpi, mu, logsigma, reward, done, state = mdnrnn.step(z, a, state)
-            h = state[0][0]
+            h, cell = state[0][0], state[1][0]
             total += alive * reward / cfg.mdnrnn.reward_scale
             alive &= ends[roll] >= torch.sigmoid(done)
             if not alive.any():  # (on a GPU, a sync per step: cheap next to the step itself)
@@ -136,7 +137,7 @@ def _train(cfg: Config, run: RunDir, group) -> dict[str, Any]:
 
     c = cfg.controller
     vae, mdnrnn = run.load_world_model(cfg)
-    size = controller_size(cfg.vae.z_size, mdnrnn.hidden, mdnrnn.actions)
+    size = controller_size(cfg.vae.z_size, mdnrnn.hidden, mdnrnn.actions, c.inputs)
     starts = run.start_latents() if c.mode == "dream" else None
     workers = list(range(group.size)) if c.master_evaluates or group.size == 1 else list(range(1, group.size))
     ckpt = Checkpointer(run.checkpoints(STAGE), every_steps=1, every_s=1e9, keep=cfg.train.keep_checkpoints)

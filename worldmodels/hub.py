@@ -18,7 +18,7 @@ from worldmodels.config import Config
 from worldmodels.errors import ConfigError, DataError
 from worldmodels.reference import PUBLISHED, PUBLISHED_SOURCE
 from worldmodels.rundir import RunDir
-from worldmodels.scores import policy_scores, protocol, stats, summary_line
+from worldmodels.scores import blocks, policy_scores, protocol, stats, summary_line
 
 REPLAY = "replay.mp4"
 
@@ -32,10 +32,12 @@ def model_card(cfg: Config, results: dict | None, model_ref: str, replay_src: st
                                                        "world-models", "cma-es", "atari"])
     if results:
         data.model_name = "World Models"
+        # one result per protocol: the first (the headline) under the Hub's usual name
         data.eval_results = [EvalResult(task_type="reinforcement-learning", task_name="reinforcement-learning",
                                         dataset_type=cfg.env.id, dataset_name=cfg.env.id, metric_type="mean_reward",
-                                        metric_name="mean_reward",
-                                        metric_value=f"{results['mean']:.2f} +/- {results['std']:.2f}")]
+                                        metric_name="mean_reward" if k == 0 else f"mean_reward ({name})",
+                                        metric_value=f"{block['mean']:.2f} +/- {block['std']:.2f}")
+                             for k, (name, block) in enumerate(blocks(results).items())]
     lines = ["---", data.to_yaml(), "---", "", f"# World Models on {cfg.env.id}", ""]
     if replay_src:
         lines += [f'<video controls autoplay loop muted src="{replay_src}" width="320"></video>', ""]
@@ -46,15 +48,15 @@ def model_card(cfg: Config, results: dict | None, model_ref: str, replay_src: st
               f"{c.popsize}, {c.rollouts} rollouts each).", ""]
     if results:
         lines += ["## Evaluation", "", summary_line(results), "", protocol(cfg, results) + ".", "",
-                  "| policy | mean | std | min | max | distinct scores |", "| --- | --- | --- | --- | --- | --- |"]
-        lines += ["| {} | {mean:.1f} | {std:.1f} | {min:g} | {max:g} | {distinct} |".format(name, **stats(s))
-                  for name, s in policy_scores(results).items()]
+                  "| protocol | policy | mean | std | min | max | distinct scores |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += ["| {} | {} | {mean:.1f} | {std:.1f} | {min:g} | {max:g} | {distinct} |".format(proto, name, **stats(s))
+                  for proto, block in blocks(results).items() for name, s in policy_scores(block).items()]
         lines += ["", f"Published scores for reference ({PUBLISHED_SOURCE}): " + "; ".join(f"{n} {v:,}" for n, v in PUBLISHED.items()) + ".", ""]
     lines += ["## Usage", "", "With the `worldmodels` project installed (`make setup` in its checkout), play the "
               "evaluation's first episodes, on the same seeds, and record the first one:", "", "```bash",
               f"python -m worldmodels play --model {model_ref} --episodes 3 --video replay.mp4", "```", "",
-              "The scores it prints are the first scores in `results.json`. Add `--sticky` to play with sticky "
-              "actions instead. From Python:", "", "```python", "from worldmodels.agent import Agent, play", "",
+              "The scores it prints are the first protocol's scores in `results.json`. Add `--sticky` to play "
+              "under the sticky-actions protocol instead. From Python:", "", "```python", "from worldmodels.agent import Agent, play", "",
               f'agent = Agent.load("{model_ref}")', "print(play(agent, episodes=3))", "```", "",
               "## Files", "", "- `models/{vae,mdnrnn,controller}.pt`: the weights (`torch.load(path, weights_only=True)`), "
               "each with a `.json` marker holding its size and sha256", "- `config.yaml`: the exact configuration",
@@ -74,11 +76,11 @@ def write_folder(cfg: Config, run: RunDir, folder: Path, repo_id: str | None = N
         (folder / "results.json").write_text(json.dumps(results, indent=1))
     replay = run.videos / "controller-episode-0.mp4"
     if not replay.is_file():  # evaluate recorded no video (evaluate.videos=0): record one now
-        from worldmodels.evaluate import eval_job
+        from worldmodels.evaluate import eval_job, protocol_env
         from worldmodels.video import record_episode
 
         loaded = agent.Agent.load(folder)
-        record_episode(cfg.env, loaded.policy(1), eval_job(cfg, 0), folder / REPLAY)
+        record_episode(protocol_env(cfg, cfg.evaluate.protocols[0]), loaded.policy(1), eval_job(cfg, 0), folder / REPLAY)
     else:
         shutil.copy(replay, folder / REPLAY)
     if run.report_dir.is_dir():

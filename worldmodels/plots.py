@@ -139,13 +139,14 @@ def plot_fitness(run: RunDir, history: list[dict]) -> Path:
 
 
 def plot_scores(run: RunDir, results: dict) -> Path:
-    """report/eval-scores.png: every episode's score per policy (dots, the mean as a bar), with the
-    published random, human and DQN scores as lines to read them against."""
+    """report/eval-scores.png: every episode's score per policy and protocol (dots, the mean as a
+    bar), with the published random, human and DQN scores as lines to read them against."""
     from worldmodels.reference import PUBLISHED, PUBLISHED_SOURCE
-    from worldmodels.scores import policy_scores
+    from worldmodels.scores import blocks, policy_scores
 
     plt = pyplot()
-    series = policy_scores(results)
+    series = {f"{name}, {protocol}": scores for protocol, block in blocks(results).items()
+              for name, scores in policy_scores(block).items()}
     fig, ax = plt.subplots(figsize=(8, 0.6 * len(series) + 1.6))
     jitter = np.random.default_rng(0)  # fixed: the same results draw the same picture
     for row, (name, values) in enumerate(reversed(series.items())):

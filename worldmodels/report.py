@@ -17,7 +17,7 @@ from worldmodels.files import atomic_write
 from worldmodels.pages import page, table
 from worldmodels.reference import PUBLISHED, PUBLISHED_SOURCE
 from worldmodels.rundir import RunDir
-from worldmodels.scores import policy_scores, protocol, stats, summary_line
+from worldmodels.scores import blocks, policy_scores, protocol, stats, summary_line
 
 STAGE = "report"
 
@@ -51,13 +51,15 @@ def write_report(cfg: Config, run_dir: str | Path) -> str:
 
 
 def _scores(cfg: Config, results: dict) -> list[str]:
-    rows = [[html.escape(name), *("{mean:.1f} {std:.1f} {min:g} {max:g} {distinct}".format(**stats(s)).split())]
-            for name, s in policy_scores(results).items()]
+    out = [f'<p class="lead">{html.escape(summary_line(results))}</p>', "<h2>Scores</h2>",
+           f"<p>{html.escape(protocol(cfg, results))}.</p>"]
+    for name, block in blocks(results).items():
+        rows = [[html.escape(policy), *("{mean:.1f} {std:.1f} {min:g} {max:g} {distinct}".format(**stats(s)).split())]
+                for policy, s in policy_scores(block).items()]
+        out += [f"<h3>{html.escape(name)}</h3>",
+                table(["policy", "mean", "std", "min", "max", "distinct scores"], rows, numeric={1, 2, 3, 4, 5})]
     published = [[html.escape(name), f"{score:,}"] for name, score in PUBLISHED.items()]
-    return [f'<p class="lead">{html.escape(summary_line(results))}</p>', "<h2>Scores</h2>",
-            f"<p>{html.escape(protocol(cfg, results))}.</p>",
-            table(["policy", "mean", "std", "min", "max", "distinct scores"], rows, numeric={1, 2, 3, 4, 5}),
-            f"<p>Published scores to read them against (mean episode return; {PUBLISHED_SOURCE}):</p>",
+    return out + [f"<p>Published scores to read them against (mean episode return; {PUBLISHED_SOURCE}):</p>",
             table(["agent", "score"], published, numeric={1})]
 
 

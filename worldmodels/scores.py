@@ -8,13 +8,20 @@ from typing import Any
 
 import numpy as np
 
-from worldmodels.config import Config
+from worldmodels.config import PROTOCOLS, Config
 
 
 def by_policy(results: dict[str, Any]) -> dict[str, list[float]]:
-    """Each policy's episode scores under evaluate's names (controller, random, always_fire, ...)."""
+    """Each policy's episode scores under evaluate's names (controller, random, always_fire, ...),
+    from a protocol's block (the top level is the first protocol's)."""
     return {"controller": results["scores"], "random": results["random"]["scores"],
             **{name: r["scores"] for name, r in results["heuristics"].items()}}
+
+
+def blocks(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{protocol: its block} of results.json, in the evaluation's order (a results.json written
+    before there were protocols holds one, played without sticky actions: v4)."""
+    return results.get("protocols") or {"v4": results}
 
 
 def policy_scores(results: dict[str, Any]) -> dict[str, list[float]]:
@@ -24,34 +31,41 @@ def policy_scores(results: dict[str, Any]) -> dict[str, list[float]]:
 
 
 def best_baseline(results: dict[str, Any]) -> tuple[str, float]:
-    """The no-learning policy with the highest mean (its name for people), and that mean."""
+    """The no-learning policy with the highest mean (its name for people), and that mean, in a block."""
     baselines = {name: float(np.mean(scores)) for name, scores in list(policy_scores(results).items())[1:]}
     name = max(baselines, key=baselines.get)
     return name, baselines[name]
 
 
 def summary_line(results: dict[str, Any]) -> str:
-    """"The controller scores M +- S over N episodes (K distinct scores); the best baseline ... ."""
-    name, best = best_baseline(results)
-    gain = f" ({100 * (results['mean'] / best - 1):+.0f}%)" if best > 0 else ""
-    return (f"The controller scores {results['mean']:.1f} ± {results['std']:.1f} over {results['episodes']} episodes "
-            f"({len(set(results['scores']))} distinct scores); the best policy that learns nothing, {name}, scores "
-            f"{best:.1f}{gain}.")
+    """"Under v4 the controller scores M ± S (K distinct scores), the best policy that learns nothing ... ."""
+    clauses = []
+    for protocol, block in blocks(results).items():
+        name, best = best_baseline(block)
+        gain = f", {100 * (block['mean'] / best - 1):+.0f}%" if best > 0 else ""
+        clauses.append(f"under {protocol} the controller scores {block['mean']:.1f} ± {block['std']:.1f} "
+                       f"({len(set(block['scores']))} distinct scores) against {best:.1f} for the best policy that "
+                       f"learns nothing, {name}{gain}")
+    text = "; ".join(clauses)
+    return f"Over {results['episodes']} episodes, {text}."
 
 
-def protocol_name(cfg: Config) -> str:
-    """The evaluation protocol in two words: v4 (no sticky actions) or sticky (with its probability)."""
-    p = cfg.env.repeat_action_probability
-    return f"sticky {p:g}" if p else "v4"
+def headline(results: dict[str, Any]) -> str:
+    """One line for a terminal: the controller and the best baseline under each protocol."""
+    return "; ".join(f"{protocol}: controller {b['mean']:.1f} +- {b['std']:.1f} ({len(set(b['scores']))} distinct), "
+                     f"random {b['random']['mean']:.1f}, best heuristic {max(h['mean'] for h in b['heuristics'].values()):.1f}"
+                     for protocol, b in blocks(results).items()) + f" over {results['episodes']} episodes"
 
 
 def protocol(cfg: Config, results: dict[str, Any]) -> str:
     """One sentence naming how the scores were measured."""
-    sticky = cfg.env.repeat_action_probability
-    actions = f"sticky actions (repeat probability {sticky})" if sticky else "no sticky actions (the v4 protocol)"
+    names = {"v4": "v4 (no sticky actions)",
+             "sticky": f"sticky (the previous action repeated with probability {PROTOCOLS['sticky']} per frame, "
+                       "Machado et al. 2018, drawn from the episode's seed)"}
     seed = cfg.evaluate.seed if cfg.evaluate.seed is not None else cfg.seed
-    return (f"{results['episodes']} episodes of {cfg.env.id}: 1 to {cfg.env.noop_max} no-op starts, frame skip "
-            f"{cfg.env.frame_skip} with max-pooling, {actions}, at most {cfg.env.max_steps:,} steps; every policy plays "
+    return (f"{results['episodes']} episodes of {cfg.env.id} under each protocol, "
+            f"{' and '.join(names[p] for p in blocks(results))}: 1 to {cfg.env.noop_max} no-op starts, frame skip "
+            f"{cfg.env.frame_skip} with max-pooling, at most {cfg.env.max_steps:,} steps; every policy plays "
             f"the same episodes (their seeds are in results.json, drawn from seed {seed})")
 
 

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from worldmodels.config import Config
 from worldmodels.rundir import RunDir
 
-Progress = Callable[[RunDir, Config], tuple[int, dict[str, Any]]]  # -> (units done, counters for status)
+Progress = Callable[[RunDir, Config], tuple[int, dict[str, Any]]]  # -> (units done (-1: nothing yet), counters for status)
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,9 @@ def _steps(stage: str, total: Callable[[Config], int]) -> Progress:
     def progress(run: RunDir, cfg: Config) -> tuple[int, dict[str, Any]]:
         from worldmodels.checkpoint import latest_step
 
-        step = latest_step(run.checkpoints(stage)) or 0
-        return step, {"step": step, "total_steps": total(cfg)}
+        step = latest_step(run.checkpoints(stage))
+        # -1 without any checkpoint: a stage of 0 steps (an untrained model) is done once it saved step 0
+        return (-1 if step is None else step), {"step": step or 0, "total_steps": total(cfg)}
 
     return progress
 
@@ -86,10 +87,14 @@ def _generations(run: RunDir, cfg: Config) -> tuple[int, dict[str, Any]]:
 
 
 def _evaluated(run: RunDir, cfg: Config) -> tuple[int, dict[str, Any]]:
+    """The first protocol's mean and std, then each other protocol's mean (mean_sticky, ...)."""
+    from worldmodels.scores import blocks
+
     results = run.results()
     if results is None:
         return 0, {}
-    return cfg.evaluate.episodes, {"mean": results["mean"], "std": results["std"]}
+    others = {f"mean_{name}": block["mean"] for name, block in list(blocks(results).items())[1:]}
+    return cfg.evaluate.episodes, {"mean": results["mean"], "std": results["std"], **others}
 
 
 def _reported(run: RunDir, cfg: Config) -> tuple[int, dict[str, Any]]:

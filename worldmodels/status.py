@@ -32,14 +32,14 @@ def _state(run: RunDir, stage: str, done: int, total: int) -> dict[str, Any]:
     """Combine the artifacts' progress with the recorded states of the stage's tasks."""
     records = run.read_states(stage)
     states = {r["state"] for r in records}
-    if total and done >= total:
+    if done >= max(total, 0):
         return {"state": "done"}
     if "running" in states:
         return {"state": "running"}
     errors = [r["error"] for r in records if r.get("state") == "failed" and "error" in r]
     if errors:
         return {"state": "failed", "error": errors[0]}
-    return {"state": "partial" if done or states else "pending"}
+    return {"state": "partial" if done > 0 or states else "pending"}
 
 
 def format_status(status: dict[str, Any]) -> str:

@@ -102,6 +102,8 @@ def fit(cfg: Config, run: RunDir, job: Fit) -> int:
     with Tracker(cfg, run, job.stage, total=job.total_steps, done=step, unit="steps") as tracker, StopFlag() as stop, \
             contextlib.closing(job.batches(step)) as batches:
         job.model.train()
+        if job.total_steps == 0 and state is None:  # an untrained model (an ablation): its initialisation is the result
+            save()
         while step < job.total_steps:
             loss, metrics = job.loss(next(batches))
             if not torch.isfinite(loss):
