@@ -85,8 +85,9 @@ class WorldModelPolicy:
         z = in_fixed_chunks(lambda frames: self.vae.encode(to_input(frames))[0], torch.from_numpy(obs).to(self.device))
         which = self.which[idx]
         actions = act(self.weights[which], self.biases[which], seen(self.inputs, z, self.h[idx], self.c[idx]))
-        x = torch.cat([z, torch.nn.functional.one_hot(actions, self.mdnrnn.actions).float()], 1)
-        self.h[idx], self.c[idx] = in_fixed_chunks(self._lstm_step, x, self.h[idx], self.c[idx])
+        if self.inputs != "z":  # a controller that sees z alone needs no memory: M's step is skipped
+            x = torch.cat([z, torch.nn.functional.one_hot(actions, self.mdnrnn.actions).float()], 1)
+            self.h[idx], self.c[idx] = in_fixed_chunks(self._lstm_step, x, self.h[idx], self.c[idx])
         return actions.cpu().numpy()
 
     def _lstm_step(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
