@@ -82,7 +82,7 @@ export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 
 # Every stage of the registry in order (`python -m worldmodels stages --plain`), each the way it runs:
 # task stages as JOBS parallel tasks (then once more to confirm the whole), MPI stages as JOBS ranks.
-demo: $(HOST_SETUP) ## run the whole pipeline on configs/demo.yaml into a fresh run directory (11-22 min on 2 cores)
+demo: $(HOST_SETUP) ## run the whole pipeline on configs/demo.yaml into a fresh run directory (about 20 min on 2 cores)
 	@mkdir -p $(DEMO_DIR) $(if $(filter runs/demo-%,$(DEMO_DIR)),&& ln -sfn "$(abspath $(DEMO_DIR))" runs/latest)
 	@set -e; start=$$(date +%s); wm="$(call PYTHON_IN,$(DEMO_DIR)) -m worldmodels"; \
 	args="--config $(CONFIG) --run-dir $(DEMO_DIR) $(FROM_ARG) $(OVERRIDES)"; \
