@@ -32,7 +32,7 @@ def _state(run: RunDir, stage: str, done: int, total: int) -> dict[str, Any]:
     """Combine the artifacts' progress with the recorded states of the stage's tasks."""
     records = run.read_states(stage)
     states = {r["state"] for r in records}
-    if done >= max(total, 0):
+    if done >= total:  # a 0-step stage reports -1 until its step-0 checkpoint exists
         return {"state": "done"}
     if "running" in states:
         return {"state": "running"}
