@@ -1,5 +1,5 @@
 # The front door: every target a user or CI needs, with its set-up built in.
-# `make help` lists them. Variables: RUN_DIR, CONFIG, PROFILE, CONTAINER, FROM, OVERRIDES.
+# `make help` lists them. Variables: RUN_DIR, CONFIG, PROFILE, CONTAINER, FROM, ROUND, OVERRIDES.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 .SUFFIXES:
@@ -70,6 +70,9 @@ JOBS      ?= $(shell nproc 2>/dev/null || echo 2)
 CONTAINER ?=
 FROM      ?=
 FROM_ARG   = $(if $(FROM),--from $(FROM))
+# ROUND=R: a stage (or submission) of round R of iterative training (rounds.count > 1), in RUN_DIR/rounds/R
+ROUND     ?=
+ROUND_ARG  = $(if $(ROUND),--round $(ROUND))
 # the run directories a branch reads from: FROM and every run FROM reuses stages from
 READ_ONLY  = $(if $(FROM),$(abspath $(FROM)) $(shell sed -n 's/.*"reused_from": "\(.*\)".*/\1/p' $(FROM)/stages/*.json 2>/dev/null | sort -u))
 # in_image DIR: the prefix that runs a command inside CONTAINER with DIR writable (or nothing)
@@ -81,34 +84,37 @@ export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 
 # Every stage of the registry in order (`python -m worldmodels stages --plain`), each the way it runs:
-# task stages as JOBS parallel tasks (then once more to confirm the whole), MPI stages as JOBS ranks.
+# task stages as JOBS parallel tasks (then once more to confirm the whole), MPI stages as JOBS ranks;
+# with rounds.count > 1, all of them once per round (`python -m worldmodels rounds`).
 demo: $(HOST_SETUP) ## run the whole pipeline on configs/demo.yaml into a fresh run directory (about 20 min on 2 cores)
 	@mkdir -p $(DEMO_DIR) $(if $(filter runs/demo-%,$(DEMO_DIR)),&& ln -sfn "$(abspath $(DEMO_DIR))" runs/latest)
 	@set -e; start=$$(date +%s); wm="$(call PYTHON_IN,$(DEMO_DIR)) -m worldmodels"; \
-	args="--config $(CONFIG) --run-dir $(DEMO_DIR) $(FROM_ARG) $(OVERRIDES)"; \
 	tasks() { for t in $$(seq 0 $$(($(JOBS) - 1))); do OMP_NUM_THREADS=1 $$wm $$1 $$args --task $$t --num-tasks $(JOBS) & done; \
 		for t in $$(seq 1 $(JOBS)); do wait -n; done; }; \
+	for round in $$($$wm rounds --config $(CONFIG) $(OVERRIDES)); do \
+	args="--config $(CONFIG) --run-dir $(DEMO_DIR) --round $$round $(FROM_ARG) $(OVERRIDES)"; \
 	for entry in $$($$wm stages --plain | tr ' ' ':'); do stage=$${entry%%:*}; \
 		case $${entry#*:} in \
 		tasks) tasks $$stage; $$wm $$stage $$args;; \
 		mpi) $(call MPIRUN_IN,$(DEMO_DIR)) $(if $(CONTAINER),python,$(PY)) -m worldmodels $$stage $$args;; \
 		*) $$wm $$stage $$args;; \
 		esac; \
-	done; \
+	done; done; \
 	$$wm status $(DEMO_DIR); \
+	last=$(DEMO_DIR)$$([ "$$round" = 0 ] || echo /rounds/$$round); \
 	echo "demo finished in $$(( $$(date +%s) - start )) s: run directory $(DEMO_DIR)"; \
-	echo "  report: $(DEMO_DIR)/report/index.html   results: $(DEMO_DIR)/eval/results.json"
+	echo "  report: $$last/report/index.html   results: $$last/eval/results.json"
 
 STAGE ?=
 stage: $(HOST_SETUP) ## run the stage STAGE locally (CONFIG, RUN_DIR, FROM, OVERRIDES, CONTAINER)
 	@test -n "$(STAGE)" || { echo "make stage needs STAGE=NAME (python -m worldmodels stages lists them)" >&2; exit 2; }
-	$(call PYTHON_IN,$(RUN_DIR)) -m worldmodels $(STAGE) --config $(CONFIG) --run-dir $(RUN_DIR) $(FROM_ARG) $(OVERRIDES)
+	$(call PYTHON_IN,$(RUN_DIR)) -m worldmodels $(STAGE) --config $(CONFIG) --run-dir $(RUN_DIR) $(FROM_ARG) $(ROUND_ARG) $(OVERRIDES)
 
 collect train-vae encode train-mdnrnn evaluate report: $(HOST_SETUP) ## run one stage locally (CONFIG, RUN_DIR, FROM, OVERRIDES, CONTAINER)
-	$(call PYTHON_IN,$(RUN_DIR)) -m worldmodels $@ --config $(CONFIG) --run-dir $(RUN_DIR) $(FROM_ARG) $(OVERRIDES)
+	$(call PYTHON_IN,$(RUN_DIR)) -m worldmodels $@ --config $(CONFIG) --run-dir $(RUN_DIR) $(FROM_ARG) $(ROUND_ARG) $(OVERRIDES)
 
 train-controller: $(HOST_SETUP) ## run CMA-ES locally as JOBS MPI ranks (CONFIG, RUN_DIR, FROM, OVERRIDES, CONTAINER)
-	$(call MPIRUN_IN,$(RUN_DIR)) $(if $(CONTAINER),python,$(PY)) -m worldmodels train-controller --config $(CONFIG) --run-dir $(RUN_DIR) $(FROM_ARG) $(OVERRIDES)
+	$(call MPIRUN_IN,$(RUN_DIR)) $(if $(CONTAINER),python,$(PY)) -m worldmodels train-controller --config $(CONFIG) --run-dir $(RUN_DIR) $(FROM_ARG) $(ROUND_ARG) $(OVERRIDES)
 
 # An agent: a pushed folder, a run directory or a Hub repository id (USER/NAME, online).
 MODEL    ?= $(RUN_DIR)
@@ -127,7 +133,7 @@ PROFILE ?= slurm/profiles/local.yaml
 ifneq ($(wildcard .slurm/slurm.conf),)
 export SLURM_CONF ?= $(abspath .slurm/slurm.conf)
 endif
-SUBMIT = $(PY) -m worldmodels submit $(1) --config $(CONFIG) --run-dir $(RUN_DIR) --profile $(PROFILE) $(FROM_ARG) $(if $(CONTAINER),--container $(CONTAINER)) $(OVERRIDES)
+SUBMIT = $(PY) -m worldmodels submit $(1) --config $(CONFIG) --run-dir $(RUN_DIR) --profile $(PROFILE) $(FROM_ARG) $(ROUND_ARG) $(if $(CONTAINER),--container $(CONTAINER)) $(OVERRIDES)
 # Sweeps: SWEEP_DIR gets one run directory per point of GRID (e.g. GRID="controller.seed=1,2,3"),
 # each branched from FROM when given.
 SWEEP_DIR ?= runs/sweep

@@ -50,7 +50,7 @@ def raw_decode_fps(store) -> tuple[float, int]:
 
 
 def loader_fps(store, batch: int, frames_total: int, workers: int) -> float:
-    loader = frame_loader(store, batch_size=batch, block_units=16, seed=0, workers=workers)
+    loader = frame_loader([store], batch_size=batch, block_units=16, seed=0, workers=workers)
     batches = loader.batches(0)
     next(batches)
     steps = max(1, 3 * frames_total // batch)  # three epochs: steady state, read-ahead amortized
@@ -140,7 +140,7 @@ def main() -> None:
         print(f"frame loader:     {one:9.0f} frames/s with 1 worker; ratio {one / raw:.2f} of raw decode (target >= 0.70)")
         memory = [np.random.default_rng(0).integers(0, 256, (args.batch, 64, 64, 3), dtype=np.uint8)] * 2
         fed_memory = vae_images_per_s(device, iter(memory * (args.steps + 5)), args.steps, args.batch)
-        loader = frame_loader(store, batch_size=args.batch, block_units=16, seed=0, workers=spare)
+        loader = frame_loader([store], batch_size=args.batch, block_units=16, seed=0, workers=spare)
         batches = (b["frames"] for b in loader.batches(0))
         fed_loader = vae_images_per_s(device, batches, args.steps, args.batch)
         results.update(vae_images_per_s_memory=fed_memory, vae_images_per_s_loader=fed_loader)

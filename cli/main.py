@@ -1,12 +1,13 @@
 """`python -m worldmodels COMMAND ...`: the stages, and the commands around them.
 
-    python -m worldmodels STAGE --config configs/NAME.yaml --run-dir DIR [--from BASE] [key.sub=value ...]
-    python -m worldmodels submit STAGE|pipeline --config C --run-dir DIR --profile P [--from BASE]
+    python -m worldmodels STAGE --config configs/NAME.yaml --run-dir DIR [--from BASE] [--round R] [key.sub=value ...]
+    python -m worldmodels submit STAGE|pipeline --config C --run-dir DIR --profile P [--from BASE] [--round R]
     python -m worldmodels sweep --config C --sweep-dir DIR [--from BASE] --grid key=a,b key=1,2,3
     python -m worldmodels compare SWEEP_DIR_OR_RUNS... [--out DIR]
     python -m worldmodels status DIR [--json]
     python -m worldmodels verify DIR [--repair]
     python -m worldmodels stages [--plain]
+    python -m worldmodels rounds --config C [key.sub=value ...]
     python -m worldmodels push --run-dir DIR --repo-id USER/NAME | --dry-run FOLDER
     python -m worldmodels play --model FOLDER|RUN_DIR|USER/NAME [--episodes N] [--video OUT.mp4] [--sticky]
 
@@ -29,6 +30,8 @@ from worldmodels.rundir import CHECKPOINTS
 from worldmodels.stages import STAGES
 
 FROM_HELP = "branch from the run directory BASE: reuse its finished stages whose identity matches (read-only)"
+ROUND_HELP = ("run round R of iterative training (rounds.count > 1): in RUN_DIR/rounds/R, continuing round R-1 "
+              "(default 0: RUN_DIR itself)")
 
 
 def _config_args(p: argparse.ArgumentParser, run_dir: bool = True) -> None:
@@ -46,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(stage.name, help=stage.help, description=stage.help)
         _config_args(p)
         p.add_argument("--from", dest="base", type=Path, metavar="BASE", help=FROM_HELP)
+        p.add_argument("--round", type=int, default=0, metavar="R", help=ROUND_HELP)
         if stage.name in CHECKPOINTS:
             p.add_argument("--restart", action="store_true", help="set the stage's checkpoints aside (kept, renamed) "
                            "and train it from the start, e.g. when none of them verifies")
@@ -70,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--from", dest="base", type=Path, metavar="BASE", help=FROM_HELP)
     p.add_argument("--profile", type=Path, required=True, help="where to run: a YAML file in slurm/profiles/")
+    p.add_argument("--round", type=int, default=0, metavar="R", help=ROUND_HELP)
     p.add_argument("--dry-run", action="store_true", help="print the sbatch scripts instead of submitting")
     p.add_argument("--container", metavar="IMAGE", help="run the jobs inside this image (an Apptainer .sif, or a "
                    "Docker/Podman image name) through containers/run.sh")
@@ -90,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stages", help="list the stages in pipeline order: how each runs and what it reads")
     p.add_argument("--plain", action="store_true", help="one 'NAME KIND' line each (KIND: tasks, mpi or single), for scripts")
+
+    p = sub.add_parser("rounds", help="list the rounds of iterative training a config has (0 .. rounds.count-1), for scripts")
+    _config_args(p, run_dir=False)
 
     p = sub.add_parser("status", help="show where each stage of a run directory (or each point of a sweep) stands")
     p.add_argument("run_dir", type=Path, metavar="DIR", help="a run directory or a sweep folder")
@@ -170,7 +178,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "play":
         return play(args)
+    if args.command == "rounds":
+        print(" ".join(map(str, range(resolve_config(args, None).rounds.count))))
+        return 0
     cfg = resolve_config(args, args.run_dir)
+    if getattr(args, "round", 0):  # round R is a run directory of its own under round 0's (worldmodels.rounds)
+        from worldmodels.rounds import round_config, round_path
+
+        cfg = round_config(cfg, args.round)
+        args.run_dir = round_path(args.run_dir, args.round)
+        args.base = round_path(args.base, args.round) if args.base is not None else None
     if args.command == "submit":
         from jobs.profile import load_profile
         from jobs.submit import stages_for, submit

@@ -103,7 +103,7 @@ def test_frame_loader_reads_whole_chunks_of_the_store(tmp_path):
     for k, n in enumerate([6, 8, 3]):
         frames = np.zeros((n, 20, 20, 3), np.uint8) + (10 * k + np.arange(n, dtype=np.uint8))[:, None, None, None]
         store.write_episode(k, {"frames": frames}, ret=0.0, seed=k)
-    loader = frame_loader(store, batch_size=17, block_units=2, seed=0)
+    loader = frame_loader([store], batch_size=17, block_units=2, seed=0)
     assert list(loader.sizes) == [4, 2, 4, 4, 3]
     batch = next(loader.batches(0))["frames"][:, 0, 0, 0]
     assert sorted(batch) == sorted([10 * k + t for k, n in enumerate([6, 8, 3]) for t in range(n)])

@@ -45,13 +45,13 @@ def open_rollouts(cfg: Config, run: RunDir) -> EpisodeStore:
     )
 
 
-def check(cfg: Config) -> None:
-    """Refuse a bad env id or policy before anything is written."""
+def check(cfg: Config, run: RunDir | None = None) -> None:
+    """Refuse a bad env id or policy (a later round's: an unfinished previous round) before anything is written."""
     from worldmodels.envs import game_of
     from worldmodels.policies import policy_factory
 
     game_of(cfg.env.id)
-    policy_factory(cfg)
+    policy_factory(cfg, run)
 
 
 def collect(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1) -> str:
@@ -64,9 +64,9 @@ def collect(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1)
     from worldmodels.rollout import play
 
     owned = task_episodes(cfg.collect.episodes, task, num_tasks)
-    check(cfg)
-    make_policy = policy_factory(cfg)
     run = RunDir(run_dir)
+    check(cfg, run)
+    make_policy = policy_factory(cfg, run)
     store = open_rollouts(cfg, run)
     lengths = store.lengths()
     todo = [k for k in owned if lengths[k] == 0]

@@ -47,7 +47,7 @@ class CollectConfig:
     """Rollout collection into `data/rollouts.zarr`."""
 
     episodes: int = 10_000  # episodes in the dataset (the paper used 10,000 random rollouts)
-    policy: str = "random"  # which policy plays: "random" (see worldmodels.policies)
+    policy: str = "random"  # which policy plays round 0: "random" (see worldmodels.policies); later rounds play the previous round's controller
     action_repeat_max: int = 10  # the random policy holds each action for 1..N agent steps
     envs_per_task: int = 1  # episodes a task plays in lockstep (one batched policy call per step)
     chunk_steps: int = 128  # steps per Zarr chunk along time (the read unit of the loaders)
@@ -205,6 +205,22 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class RoundsConfig:
+    """Iterative training (worldmodels.rounds): round k >= 1, in RUN_DIR/rounds/k, collects new episodes
+    with round k-1's controller, then continues V and M on every round's episodes and C from CMA-ES's state."""
+
+    count: int = 1  # rounds in all (1: the plain pipeline); the CLI's --round R runs a stage of round R
+    explore: float = 0.1  # chance per step that the collecting controller hands over to a random action, held 1..collect.action_repeat_max steps
+    index: int = 0  # the round a run directory holds: set by --round, not by hand
+
+    def __post_init__(self) -> None:
+        _check(self.count >= 1, "rounds.count", f"must be >= 1, got {self.count}")
+        _check(0.0 <= self.explore <= 1.0, "rounds.explore", f"must be in [0, 1], got {self.explore}")
+        _check(0 <= self.index < self.count, "rounds.index",
+               f"must be a round of rounds.count={self.count} (0..{self.count - 1}), got {self.index}")
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     """Progress output and experiment tracking, shared by every stage."""
 
@@ -229,6 +245,7 @@ class Config:
     mdnrnn: MDNRNNConfig = field(default_factory=MDNRNNConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    rounds: RoundsConfig = field(default_factory=RoundsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:

@@ -76,7 +76,8 @@ class WorldModelPolicy:
         pass
 
     @torch.no_grad()
-    def act(self, obs: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    def act(self, obs: np.ndarray, slots: np.ndarray, replace=None) -> np.ndarray:
+        """C's actions; `replace(actions)`, when given, may change some before M folds them in (exploration)."""
         from worldmodels.device import in_fixed_chunks
         from worldmodels.vae import to_input
 
@@ -85,6 +86,8 @@ class WorldModelPolicy:
         z = in_fixed_chunks(lambda frames: self.vae.encode(to_input(frames))[0], torch.from_numpy(obs).to(self.device))
         which = self.which[idx]
         actions = act(self.weights[which], self.biases[which], seen(self.inputs, z, self.h[idx], self.c[idx]))
+        if replace is not None:
+            actions = torch.from_numpy(replace(actions.cpu().numpy())).to(self.device)
         if self.inputs != "z":  # a controller that sees z alone needs no memory: M's step is skipped
             x = torch.cat([z, torch.nn.functional.one_hot(actions, self.mdnrnn.actions).float()], 1)
             self.h[idx], self.c[idx] = in_fixed_chunks(self._lstm_step, x, self.h[idx], self.c[idx])

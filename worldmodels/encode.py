@@ -4,7 +4,8 @@ The latents store mirrors the rollouts (same episodes, same slots, same per-step
 rewards and flags), so M trains from it alone. Like collect, work is split into tasks that own
 disjoint episodes, each episode is committed whole, and a rerun encodes only what is missing.
 The store records which V made it, by the digest of its parameters: latents of two different Vs
-never mix, and a V retrained bit for bit is the same V.
+never mix, and a V retrained bit for bit is the same V. In a later round of iterative training the
+latents hold every round's episodes, round after round, encoded by that round's V.
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ STAGE = "encode"
 COPIED = ("actions", "rewards", "terminated", "truncated")
 
 
-def open_latents(cfg: Config, run: RunDir, rollouts: EpisodeStore, vae_digest: str) -> EpisodeStore:
+def open_latents(cfg: Config, run: RunDir, rollouts: list[EpisodeStore], vae_digest: str) -> EpisodeStore:
+    """The run's latents store: one slot per episode of `rollouts` (every round's, in order)."""
+    first = rollouts[0]
     z = Field("float32", (cfg.vae.z_size,))
-    fields = {"mu": z, "logvar": z, **{name: rollouts.fields[name] for name in COPIED}}
-    store = EpisodeStore.create(run.latents, fields=fields, episodes=rollouts.num_episodes, slot=rollouts.slot,
-                                chunk_steps=int(rollouts.attrs["chunk_steps"]), attrs={**rollouts.attrs, "vae": vae_digest})
+    fields = {"mu": z, "logvar": z, **{name: first.fields[name] for name in COPIED}}
+    store = EpisodeStore.create(run.latents, fields=fields, episodes=sum(r.num_episodes for r in rollouts), slot=first.slot,
+                                chunk_steps=int(first.attrs["chunk_steps"]), attrs={**first.attrs, "vae": vae_digest})
     if store.attrs.get("vae") != vae_digest:
         raise DataError(f"{store.path} was encoded with another V (parameters {store.attrs.get('vae')}, this V's are "
                         f"{vae_digest}); remove it to re-encode")
@@ -40,23 +43,28 @@ def open_latents(cfg: Config, run: RunDir, rollouts: EpisodeStore, vae_digest: s
 
 
 def encode(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1) -> str:
-    """Encode every episode of this task that is not encoded yet; returns a line for people."""
-    from worldmodels.device import in_fixed_chunks, select_device
+    """Encode every episode of this task that is not encoded yet; returns a line for people.
 
-    owned = task_episodes(cfg.collect.episodes, task, num_tasks)
+    In round k of iterative training (worldmodels.rounds) the episodes are those of rounds 0..k, in order."""
+    from worldmodels.device import in_fixed_chunks, select_device
+    from worldmodels.rounds import rollouts as every_round
+
     run = RunDir(run_dir)
-    rollouts = run.finished_rollouts()
+    rollouts = every_round(run, cfg)
+    where = [(r, k) for r in rollouts for k in range(r.num_episodes)]  # latents episode -> (rollouts, its episode)
+    owned = task_episodes(len(where), task, num_tasks)
     device = select_device(cfg.train.device)
     vae = run.load_vae(cfg, device)
     store = open_latents(cfg, run, rollouts, model_digest(vae))
     lengths = store.lengths()
     todo = [k for k in owned if lengths[k] == 0]
-    index = rollouts.index()
+    index = {id(r): r.index() for r in rollouts}
     with Tracker(cfg, run, STAGE, total=len(owned), done=len(owned) - len(todo), unit="episodes",
                  task=task if num_tasks > 1 else None) as tracker, StopFlag() as stop, torch.no_grad():
         for k in todo:
             stop.check()
-            episode = rollouts.read_episode(k)
+            source, j = where[k]
+            episode = source.read_episode(j)
             frames = torch.from_numpy(episode["frames"])
             mus, logvars = [], []
             for i in range(0, len(frames), cfg.encode.batch_size):
@@ -65,6 +73,6 @@ def encode(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1) 
                 logvars.append(logvar.float().cpu().numpy())
             store.write_episode(k, {"mu": np.concatenate(mus), "logvar": np.concatenate(logvars),
                                     **{name: episode[name] for name in COPIED}},
-                                ret=float(index["return"][k]), seed=int(index["seed"][k]))
+                                ret=float(index[id(source)]["return"][j]), seed=int(index[id(source)]["seed"][j]))
             tracker.advance(1)
     return f"encode: {len(owned)} episodes in {store.path} ({len(todo)} encoded now)"

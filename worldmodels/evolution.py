@@ -144,12 +144,22 @@ def _train(cfg: Config, run: RunDir, group) -> dict[str, Any]:
 
     state = None
     if group.rank == 0:
+        from worldmodels.checkpoint import load_file
+        from worldmodels.rounds import continued_checkpoint
+
         saved = ckpt.resume(STAGE)
+        start = continued_checkpoint(run, cfg, STAGE) if saved is None else None  # a later round's first start
+        if start is not None:
+            saved = load_file(start)
         if saved is not None:
             if int(saved["size"]) != size:
-                raise DataError(f"{ckpt.directory}: controller checkpoint has {saved['size']} parameters, "
+                raise DataError(f"{start or ckpt.directory}: controller checkpoint has {saved['size']} parameters, "
                                 f"the world model needs {size}")
             es = cma_internals.loads(saved["es"].numpy().tobytes())
+        if start is not None:  # CMA-ES goes on where the previous round stopped; its candidates now play the new world
+            state = {"generation": 0, "history": [], "best": np.zeros(size), "best_fitness": -np.inf}
+            log.info("train-controller: continuing CMA-ES from %s", start)
+        elif saved is not None:
             state = {"generation": int(saved["generation"]), "history": list(saved["history"]),
                      "best": saved["best"].numpy(), "best_fitness": float(saved["best_fitness"])}
             log.info("train-controller: resuming after generation %d", state["generation"])

@@ -65,11 +65,16 @@ def own_keys(stage: str) -> tuple[str, ...]:
 def identity(cfg: Config, stage: str) -> dict[str, Any]:
     """{"section.key": value} of every key `stage`'s results depend on, its upstream's included."""
     values = config_lib.flat(config_lib.to_dict(cfg))
+    names = chain(stage)
+    if cfg.rounds.index:  # a later round collects with the previous round's controller: all of its config counts
+        names = [name for name in STAGES if name in chain("train-controller") or name in names]
     out = {}
-    for name in chain(stage):
+    for name in names:
         for key in own_keys(name):
             section, _, leaf = key.rpartition(".")
             if key in ADDED_SINCE_FORMAT and values[key] == ADDED_SINCE_FORMAT[key]:
+                continue
+            if key.startswith("rounds.") and not cfg.rounds.index:  # round 0 is the plain pipeline, whatever follows it
                 continue
             out[key] = cfg.seed_of(section) if leaf == "seed" and section else values[key]
     return out

@@ -148,25 +148,27 @@ def _gather(block: list[Batch], unit: np.ndarray, row: np.ndarray) -> Batch:
     return out
 
 
-def frame_loader(store: EpisodeStore, *, batch_size: int, block_units: int, seed: int, workers: int = 1) -> BlockShuffleLoader:
-    """Shuffled batches {"frames": uint8 [B, H, W, 3]} read one whole chunk at a time."""
-    frames = store.array("frames")
+def frame_loader(stores: list[EpisodeStore], *, batch_size: int, block_units: int, seed: int,
+                 workers: int = 1) -> BlockShuffleLoader:
+    """Shuffled batches {"frames": uint8 [B, H, W, 3]} from the frames of `stores`, read one whole chunk at a time."""
+    frames = stores[0].array("frames")
     chunk = frames.chunks[0]
-    units: list[tuple[int, int, int]] = []  # (episode, first row, rows) of every stored chunk
-    lengths = store.lengths()
-    for k in np.flatnonzero(lengths > 0):
-        start, length = int(k) * store.slot, int(lengths[k])
-        units += [(int(k), start + c, min(chunk, length - c)) for c in range(0, length, chunk)]
+    units: list[tuple[EpisodeStore, int, int, int]] = []  # (store, episode, first row, rows) of every stored chunk
+    for store in stores:
+        lengths = store.lengths()
+        for k in np.flatnonzero(lengths > 0):
+            start, length = int(k) * store.slot, int(lengths[k])
+            units += [(store, int(k), start + c, min(chunk, length - c)) for c in range(0, length, chunk)]
 
     def read(selected: list[int], empty: Empty) -> list[Batch]:
         parts = []
         for u in selected:
-            episode, first, rows = units[u]
+            store, episode, first, rows = units[u]
             out = empty((chunk, *frames.shape[1:]), frames.dtype)[:rows]
             parts.append({"frames": store.read_rows_into("frames", first, out, episode)})
         return parts
 
-    return BlockShuffleLoader([n for _, _, n in units], read, batch_size=batch_size, block_units=block_units,
+    return BlockShuffleLoader([unit[-1] for unit in units], read, batch_size=batch_size, block_units=block_units,
                               seed=seed, workers=workers)
 
 

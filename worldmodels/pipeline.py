@@ -33,6 +33,10 @@ def run_stage(name: str, cfg: Config, run_dir: str | Path, task: int = 0, num_ta
     stage = STAGES[name]
     for needed in chain(name):
         STAGES[needed].check_config(cfg)
+    if cfg.rounds.index:  # a later round needs the round before it trained (worldmodels.rounds)
+        from worldmodels.rounds import previous
+
+        previous(RunDir(run_dir), cfg)
     run = identity.begin(cfg, run_dir, name, base)
     if run.owner(name) is not run:
         return f"{name}: reused from {run.owner(name).path} (finished there with the same identity)"

@@ -4,18 +4,20 @@ A policy sees a batch of observations from episodes that run in lockstep, one pe
 worldmodels.rollout). `begin(slot, job)` is called when a new episode starts in a slot (the job
 carries that episode's own random stream, so its actions never depend on which other episodes
 share the batch), `act(obs, slots)` returns one action per row, and `end(slot, played)` is
-called when the episode in a slot is over. A trained controller plugs in here to collect
-on-policy data (iterative training): register it in POLICIES under a name `collect.policy` takes.
+called when the episode in a slot is over. Round 0 collects with the policy `collect.policy`
+names (POLICIES); later rounds (worldmodels.rounds) with the previous round's controller, exploring.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Protocol
 
 import numpy as np
 
 from worldmodels.config import Config
 from worldmodels.errors import ConfigError
+from worldmodels.rundir import RunDir
 
 
 class Policy(Protocol):
@@ -92,6 +94,42 @@ class RandomRepeatPolicy(FixedPolicy):
         return np.array([self._action[slot] for slot in slots.tolist()], dtype=np.int64)
 
 
+class ExploringPolicy:
+    """A trained controller that hands over to random actions now and then: at each step where no
+    random action is held, with probability `explore`, a uniform action held for 1..repeat_max steps
+    (as the random policy's). The draws come from the episode's own stream, so an episode is the
+    same whatever shares its batch; M folds in the action actually taken."""
+
+    def __init__(self, controller, num_actions: int, explore: float, repeat_max: int, batch: int):
+        self.controller, self.num_actions, self.explore, self.repeat_max = controller, num_actions, explore, repeat_max
+        self._rngs: list[np.random.Generator | None] = [None] * batch
+        self._action = [0] * batch
+        self._left = [0] * batch
+
+    def begin(self, slot: int, job) -> None:
+        self.controller.begin(slot, dataclasses.replace(job, tag=0))  # the one controller there is
+        self._rngs[slot] = job.rng
+        self._left[slot] = 0
+
+    def end(self, slot: int, played) -> None:
+        pass
+
+    def act(self, obs: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        return self.controller.act(obs, slots, replace=lambda actions: self._explore(actions, slots))
+
+    def _explore(self, actions: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        out = actions.copy()
+        for i, slot in enumerate(slots.tolist()):
+            rng = self._rngs[slot]
+            if self._left[slot] == 0 and rng.random() < self.explore:
+                self._action[slot] = int(rng.integers(self.num_actions))
+                self._left[slot] = int(rng.integers(1, self.repeat_max + 1))
+            if self._left[slot] > 0:
+                out[i] = self._action[slot]
+                self._left[slot] -= 1
+        return out
+
+
 PolicyFactory = Callable[[Config, int, int], Policy]  # (config, num_actions, batch) -> policy
 
 POLICIES: dict[str, PolicyFactory] = {
@@ -99,8 +137,15 @@ POLICIES: dict[str, PolicyFactory] = {
 }
 
 
-def policy_factory(cfg: Config) -> PolicyFactory:
-    """The factory of the policy `collect.policy` names (checked before any work starts)."""
+def policy_factory(cfg: Config, run: RunDir | None = None) -> PolicyFactory:
+    """The factory of the policy that collects, checked before any work starts: `collect.policy`'s
+    in round 0; after it, the previous round's controller (worldmodels.rounds), found from `run`."""
+    if cfg.rounds.index > 0:
+        from worldmodels.rounds import collecting_policy, previous
+
+        if run is not None:
+            previous(run, cfg)
+        return lambda cfg, num_actions, batch: collecting_policy(cfg, run, num_actions, batch)
     try:
         return POLICIES[cfg.collect.policy]
     except KeyError:

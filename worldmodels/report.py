@@ -35,6 +35,8 @@ def write_report(cfg: Config, run_dir: str | Path) -> str:
     results = run.results()
     if results:
         body += _scores(cfg, results)
+    if cfg.rounds.index:
+        body += _rounds(run, cfg)
     body += _videos(run, report, results)
     for stage in STAGES.values():
         for name, title in stage.figures:
@@ -61,6 +63,15 @@ def _scores(cfg: Config, results: dict) -> list[str]:
     published = [[html.escape(name), f"{score:,}"] for name, score in PUBLISHED.items()]
     return out + [f"<p>Published scores to read them against (mean episode return; {PUBLISHED_SOURCE}):</p>",
             table(["agent", "score"], published, numeric={1})]
+
+
+def _rounds(run: RunDir, cfg: Config) -> list[str]:
+    """The controller's mean after each round of iterative training so far, on the same episodes."""
+    from worldmodels.rounds import score_rows
+
+    return ["<h2>Rounds</h2>", f"<p>Round {cfg.rounds.index} of {cfg.rounds.count}: the controller's mean after each "
+            "round, on the same evaluation episodes.</p>",
+            table(["round", *cfg.evaluate.protocols], score_rows(run, cfg), numeric=set(range(len(cfg.evaluate.protocols) + 1)))]
 
 
 def _videos(run: RunDir, report: Path, results: dict | None) -> list[str]:

@@ -7,6 +7,10 @@ every other, whatever the indices: a model's initialisation never shares a seed 
 and run 0's evaluation never replays run 20's collection. A stage's seed can therefore change
 without touching its upstream: a sweep over `controller.seed` reuses one V and M.
 
+Round k >= 1 of iterative training (worldmodels.rounds) draws every stream at (number, *indices, k),
+so each round collects new games and trains on its own batches; the evaluation's streams are the
+same in every round, so that every round's controller plays the same episodes.
+
 Changing a number changes every artifact drawn from it, so numbers are never reused or renumbered;
 the dataset format version (worldmodels.dataset.FORMAT) records which scheme made a store.
 """
@@ -35,11 +39,17 @@ STREAMS: dict[str, tuple[int, tuple[str, ...]]] = {
 }
 
 
+SAME_IN_EVERY_ROUND = ("evaluate.env", "evaluate.policy")
+
+
 def _sequence(cfg: Config, stream: str, index: tuple[int, ...]) -> np.random.SeedSequence:
     number, names = STREAMS[stream]
     if len(index) != len(names):
         raise TypeError(f"stream {stream} takes {len(names)} indices ({', '.join(names) or 'none'}), got {len(index)}")
-    return np.random.SeedSequence(cfg.seed_of(stream.split(".")[0]), spawn_key=(number, *map(int, index)))
+    key = (number, *map(int, index))
+    if cfg.rounds.index and stream not in SAME_IN_EVERY_ROUND:  # one key longer than round 0's: never the same
+        key += (cfg.rounds.index,)
+    return np.random.SeedSequence(cfg.seed_of(stream.split(".")[0]), spawn_key=key)
 
 
 def seed(cfg: Config, stream: str, *index: int) -> int:

@@ -51,14 +51,19 @@ def _resolve(entry: str) -> Callable[..., Any]:
 # --- progress, read from each stage's artifacts ------------------------------------------------------
 
 
-def _episodes(path: Callable[[RunDir], Path]) -> Progress:
+def encoded_episodes(cfg: Config) -> int:
+    """Round k encodes the episodes of rounds 0..k (worldmodels.rounds)."""
+    return cfg.collect.episodes * (cfg.rounds.index + 1)
+
+
+def _episodes(path: Callable[[RunDir], Path], total: Callable[[Config], int] = lambda cfg: cfg.collect.episodes) -> Progress:
     def progress(run: RunDir, cfg: Config) -> tuple[int, dict[str, Any]]:
         from worldmodels.dataset import EpisodeStore
 
         store = path(run)
         lengths = EpisodeStore.open(store).lengths() if store.exists() else []
         done = int((lengths > 0).sum()) if len(lengths) else 0
-        return done, {"episodes_done": done, "episodes_total": cfg.collect.episodes, "frames": int(sum(lengths))}
+        return done, {"episodes_done": done, "episodes_total": total(cfg), "frames": int(sum(lengths))}
 
     return progress
 
@@ -106,7 +111,7 @@ def _reported(run: RunDir, cfg: Config) -> tuple[int, dict[str, Any]]:
 _RECORDS = (
     Stage("collect", "play episodes with collect.policy into RUN_DIR/data/rollouts.zarr",
           "worldmodels.collect:collect", units=lambda cfg: cfg.collect.episodes,
-          progress=_episodes(lambda run: run.rollouts), config=("seed", "env", "collect"), tasks=True,
+          progress=_episodes(lambda run: run.rollouts), config=("seed", "env", "collect", "rounds.index", "rounds.explore"), tasks=True,
           check="worldmodels.collect:check"),
     Stage("train-vae", "train V, the VAE, on the rollouts into RUN_DIR/checkpoints/vae",
           "worldmodels.train_vae:train_vae", units=lambda cfg: cfg.vae.steps,
@@ -114,8 +119,8 @@ _RECORDS = (
           figures=(("train-vae-loss.png", "V: VAE training loss"),
                    ("vae-reconstructions.png", "V: frames and their reconstructions"))),
     Stage("encode", "encode every episode to mu/logvar in RUN_DIR/data/latents.zarr",
-          "worldmodels.encode:encode", units=lambda cfg: cfg.collect.episodes,
-          progress=_episodes(lambda run: run.latents), upstream=("train-vae",), config=("encode",), tasks=True),
+          "worldmodels.encode:encode", units=encoded_episodes,
+          progress=_episodes(lambda run: run.latents, encoded_episodes), upstream=("train-vae",), config=("encode",), tasks=True),
     Stage("train-mdnrnn", "train M, the MDN-RNN, on the latents into RUN_DIR/checkpoints/mdnrnn",
           "worldmodels.train_mdnrnn:train_mdnrnn", units=lambda cfg: cfg.mdnrnn.steps,
           progress=_steps("train-mdnrnn", lambda cfg: cfg.mdnrnn.steps), upstream=("encode",), config=("mdnrnn",),

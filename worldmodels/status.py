@@ -25,7 +25,14 @@ def run_status(run_dir: str | Path) -> dict[str, Any]:
         if owner is not run:
             info["reused_from"] = str(owner.path)
         stages[name] = info
-    return {"run_dir": str(run.path), "stages": stages}
+    status: dict[str, Any] = {"run_dir": str(run.path), "stages": stages}
+    if cfg.rounds.index == 0:
+        from worldmodels.rounds import later_rounds
+
+        later = [{"round": k, **run_status(r.path)} for k, r in later_rounds(run.path)]
+        if later:
+            status["rounds"] = later
+    return status
 
 
 def _state(run: RunDir, stage: str, done: int, total: int) -> dict[str, Any]:
@@ -51,6 +58,8 @@ def format_status(status: dict[str, Any]) -> str:
             counters += "  jobs: " + ", ".join(_job(j) for j in info["jobs"])
         where = f"reused from {info['reused_from']}" if "reused_from" in info else "own"
         lines.append(f"  {name:<17} {info['state']:<8} {where:<5} {counters}")
+    for later in status.get("rounds", []):  # iterative training: every round after round 0, each a run directory
+        lines += [f"round {later['round']}: " + format_status(later)]
     return "\n".join(lines)
 
 

@@ -33,6 +33,7 @@ def build_mdnrnn(cfg: Config, actions: int, device: torch.device) -> MDNRNN:
 def train_mdnrnn(cfg: Config, run_dir: str | Path) -> str:
     """Train the MDN-RNN to cfg.mdnrnn.steps (resuming if checkpoints exist); returns a line for people."""
     from worldmodels.envs import AtariEnv
+    from worldmodels.rounds import continued_checkpoint
 
     run = RunDir(run_dir)
     store = run.finished_latents(cfg)
@@ -65,5 +66,6 @@ def train_mdnrnn(cfg: Config, run_dir: str | Path) -> str:
         return [plot_losses(run, STAGE), plot_dreams(cfg, run, model.cpu().eval(), store)]
 
     job = Fit(STAGE, model, torch.optim.Adam(model.parameters(), lr=m.lr), loader.batches, loss, total_steps=m.steps,
-              grad_clip=m.grad_clip, extra_state={"z_size": cfg.vae.z_size, "actions": actions}, pictures=pictures)
+              grad_clip=m.grad_clip, extra_state={"z_size": cfg.vae.z_size, "actions": actions}, pictures=pictures,
+              init=continued_checkpoint(run, cfg, STAGE))
     return f"train-mdnrnn: finished at step {fit(cfg, run, job)}"

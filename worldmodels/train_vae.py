@@ -36,14 +36,17 @@ def mean_colour(store: EpisodeStore) -> torch.Tensor:
 
 def train_vae(cfg: Config, run_dir: str | Path) -> str:
     """Train the VAE to cfg.vae.steps (resuming if checkpoints exist); returns a line for people."""
+    from worldmodels.rounds import continued_checkpoint, rollouts
+
     run = RunDir(run_dir)
-    store = run.finished_rollouts()
+    stores = rollouts(run, cfg)  # round k of iterative training trains on rounds 0..k
+    store = stores[-1]
     device = select_device(cfg.train.device)
     model = build_vae(cfg, device)
-    model.init_output(mean_colour(store).to(device))  # a resumed run loads its weights over this
+    model.init_output(mean_colour(stores[0]).to(device))  # a resumed run (or a later round) loads its weights over this
     log.info("train-vae: ConvVAE with %s parameters (z=%d) on %s", f"{parameter_count(model):,}", cfg.vae.z_size, device)
     forward = torch.compile(model) if cfg.vae.compile and device.type == "cuda" else model
-    loader = frame_loader(store, batch_size=cfg.vae.batch_size, block_units=cfg.vae.block_chunks,
+    loader = frame_loader(stores, batch_size=cfg.vae.batch_size, block_units=cfg.vae.block_chunks,
                           seed=seeds.seed(cfg, "vae.batches"), workers=cfg.vae.loader_workers)
 
     def loss(batch: dict[str, np.ndarray]):
@@ -62,5 +65,6 @@ def train_vae(cfg: Config, run_dir: str | Path) -> str:
         return [plot_losses(run, STAGE), plot_reconstructions(run, model.cpu().eval(), store)]
 
     job = Fit(STAGE, model, torch.optim.Adam(model.parameters(), lr=cfg.vae.lr), loader.batches, loss,
-              total_steps=cfg.vae.steps, extra_state={"z_size": cfg.vae.z_size}, pictures=pictures)
+              total_steps=cfg.vae.steps, extra_state={"z_size": cfg.vae.z_size}, pictures=pictures,
+              init=continued_checkpoint(run, cfg, STAGE))
     return f"train-vae: finished at step {fit(cfg, run, job)}"

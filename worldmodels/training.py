@@ -74,6 +74,7 @@ class Fit:
     grad_clip: float | None = None
     extra_state: dict[str, Any] | None = None  # saved with every checkpoint (e.g. model sizes)
     pictures: Callable[[], list[Path]] | None = None  # draws the report's pictures of the trained model
+    init: Path | None = None  # a checkpoint a fresh start continues from (the previous round's): its model and optimizer
 
 
 def fit(cfg: Config, run: RunDir, job: Fit) -> int:
@@ -92,6 +93,13 @@ def fit(cfg: Config, run: RunDir, job: Fit) -> int:
         set_rng_state(state["rng"])
         step = int(state["step"])
         log.info("%s: resuming from step %d", job.stage, step)
+    elif job.init is not None:
+        from worldmodels.checkpoint import load_file
+
+        start = load_file(job.init)
+        load_model_state(job.model, start["model"], str(job.init))
+        job.optimizer.load_state_dict(start["optimizer"])
+        log.info("%s: continuing from %s", job.stage, job.init)
     metrics_log = MetricsLog(run, job.stage, step)
 
     def save() -> None:
