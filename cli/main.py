@@ -183,17 +183,20 @@ def run(args: argparse.Namespace) -> int:
         return 0
     cfg = resolve_config(args, args.run_dir)
     if getattr(args, "round", 0):  # round R is a run directory of its own under round 0's (worldmodels.rounds)
-        from worldmodels.rounds import round_config, round_path
+        from worldmodels.rounds import round_base, round_config, round_path
 
         cfg = round_config(cfg, args.round)
         args.run_dir = round_path(args.run_dir, args.round)
-        args.base = round_path(args.base, args.round) if args.base is not None else None
+        args.base = round_base(args.base, args.round)
     if args.command == "submit":
         from jobs.profile import load_profile
         from jobs.submit import stages_for, submit
 
         submit(cfg, args.run_dir, stages_for(args.stage), load_profile(args.profile), dry_run=args.dry_run,
                container=args.container, base=args.base)
+        if cfg.rounds.index + 1 < cfg.rounds.count:
+            print(f"round {cfg.rounds.index} of rounds 0..{cfg.rounds.count - 1}: submit round {cfg.rounds.index + 1} "
+                  f"(--round {cfg.rounds.index + 1}) once this one has finished")
         return 0
     if args.command in STAGES:
         line = run_stage(args.command, cfg, args.run_dir, task=getattr(args, "task", 0),

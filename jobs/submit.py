@@ -150,9 +150,13 @@ def submit(cfg: Config, run_dir: Path, stages: list[str], profile: Profile, dry_
 def submit_sweep(sweep, profile: Profile, container: str | None = None, out=sys.stdout) -> dict[str, list[str]]:
     """One array job per stage across every point of `sweep` that runs the stage itself, each stage
     after the previous one (afterok); the points' reused stages are not submitted."""
+    configs = {p.name: sweep.config_of(p) for p in sweep.points}
+    several = sorted({cfg.rounds.count for cfg in configs.values()} - {1})
+    if several:
+        raise ConfigError(f"a sweep of {several[0]} rounds of iterative training runs locally (sweep --executor local), "
+                          "or as one run per point submitted round by round (submit --round R)")
     info = cluster_info()
     check_resources(list(STAGES), profile, container, info)
-    configs = {p.name: sweep.config_of(p) for p in sweep.points}
     runs = {p.name: identity.begin(configs[p.name], p.run_dir, list(STAGES)[-1], sweep.base) for p in sweep.points}
     readonly = sorted({path for run in runs.values() for path in reused_from(run)})
     submitted: dict[str, list[str]] = {}

@@ -9,12 +9,13 @@ import signal
 import numpy as np
 import pytest
 
-from conftest import SMOKE, assert_same_store, read_store, run_cli, start_cli, tree_digest
+from conftest import ROOT, SMOKE, assert_same_store, read_store, run_cli, start_cli, tree_digest
 from test_training import assert_bitwise_equal, final_state, wait_for_step
 from worldmodels import cma_internals, config
 from worldmodels.identity import identity
 from worldmodels.stages import STAGES
 
+PROFILE = ROOT / "slurm" / "profiles" / "local.yaml"
 ARGS = ["--config", SMOKE, "rounds.count=2", "vae.steps=30", "train.log_every_steps=1", "train.checkpoint_every_steps=7",
         "evaluate.videos=0"]
 
@@ -98,6 +99,12 @@ def test_a_later_round_refuses_what_it_cannot_continue_in_one_line_and_writes_no
         proc = run_cli("collect", "--run-dir", round0, *ARGS, *extra, check=False)
         assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert tree_digest(round0) == before
+
+    proc = run_cli("sweep", "--sweep-dir", tmp_path / "sweep", *ARGS, "--grid", "controller.seed=1,2", "--executor", "slurm",
+                   "--profile", PROFILE, check=False)
+    assert proc.returncode == 2 and "submit --round R" in proc.stderr, proc.stderr
+    proc = run_cli("submit", "pipeline", "--run-dir", tmp_path / "planned", "--profile", PROFILE, "--dry-run", *ARGS)
+    assert "submit round 1 (--round 1) once this one has finished" in proc.stdout
 
     fresh = tmp_path / "fresh"  # round 0 has collected but not trained C
     run_cli("collect", "--run-dir", fresh, *ARGS)

@@ -40,6 +40,14 @@ def round_path(run_dir: str | Path, k: int) -> Path:
     return Path(run_dir) if k == 0 else Path(run_dir) / FOLDER / str(k)
 
 
+def round_base(base: str | Path | None, k: int) -> Path | None:
+    """Round k of a branch's BASE, where BASE has one (a branch's later rounds reuse what matches there)."""
+    if base is None or k == 0:
+        return None if base is None else Path(base)
+    path = round_path(base, k)
+    return path if (path / "config.yaml").is_file() else None
+
+
 def round_config(cfg: Config, k: int) -> Config:
     """`cfg` for round k (refused when the config has fewer rounds)."""
     if not 0 <= k < cfg.rounds.count:

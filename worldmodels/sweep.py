@@ -105,13 +105,16 @@ class Sweep:
     def run_locally(self) -> None:
         """Every stage of every point, one point after the other, in this process."""
         from worldmodels.pipeline import run_stage
+        from worldmodels.rounds import round_base, round_config, round_path
         from worldmodels.stages import STAGES
 
         for i, point in enumerate(self.points):
             log.info("sweep: point %d/%d %s", i + 1, len(self.points), point.name)
             cfg = self.config_of(point)
-            for stage in STAGES:
-                log.info("%s", run_stage(stage, cfg, point.run_dir, base=self.base))
+            for k in range(cfg.rounds.count):  # iterative training: every round, in order
+                for stage in STAGES:
+                    log.info("%s", run_stage(stage, round_config(cfg, k), round_path(point.run_dir, k),
+                                             base=round_base(self.base, k)))
 
     def format_status(self, points: dict[str, dict[str, Any] | None]) -> str:
         """A table for people: one line per point with the state of each stage."""
