@@ -60,10 +60,11 @@ def check_container(image: str) -> None:
 
 
 def make_executor(stage: str, res: Resources, folder: Path, dependency: str | None, tasks: int,
-                  container: str | None = None, readonly: list[Path] = ()) -> submitit.AutoExecutor:
-    """An executor for `stage`'s jobs, logging into FOLDER/slurm/JOBID."""
+                  container: str | None = None, readonly: list[Path] = (), writable: Path | None = None) -> submitit.AutoExecutor:
+    """An executor for `stage`'s jobs, logging into FOLDER/slurm/JOBID; in a container, `writable`
+    (default FOLDER) is bound read-write and `readonly` read-only."""
     image = container or res.container
-    python = {"slurm_python": container_python(image, folder, readonly)} if image else {}
+    python = {"slurm_python": container_python(image, writable or folder, readonly)} if image else {}
     executor = submitit.AutoExecutor(folder=folder / "slurm" / "%j", cluster="slurm", **python)
     extra: dict[str, Any] = {"requeue": True}
     extra.update(dict(item.split("=", 1) for item in res.extra_sbatch))
@@ -97,9 +98,14 @@ def check_inputs(stage: str, run: RunDir, cfg: Config) -> None:
                             f"submit {upstream} first, or everything with `submit pipeline`")
 
 
-def reused_from(run: RunDir) -> list[Path]:
-    """The other run directories this run reads from (bound read-only in containers)."""
-    return sorted({run.owner(stage).path for stage in STAGES} - {run.path})
+def reused_from(run: RunDir, cfg: Config) -> list[Path]:
+    """The other run directories this run reads from (bound read-only in containers): those it reuses
+    stages from and, in a later round of iterative training, those its earlier rounds reuse stages from
+    (the rounds themselves lie inside round 0's directory, which a round's jobs bind whole)."""
+    from worldmodels.rounds import rounds_so_far
+
+    rounds = [r for r, _ in rounds_so_far(run, cfg)]
+    return sorted({r.owner(stage).path for r in rounds for stage in STAGES} - {r.path for r in rounds})
 
 
 def check_resources(stages: list[str], profile: Profile, container: str | None, info) -> None:
@@ -115,15 +121,21 @@ def check_resources(stages: list[str], profile: Profile, container: str | None, 
 def submit(cfg: Config, run_dir: Path, stages: list[str], profile: Profile, dry_run: bool = False,
            container: str | None = None, base: Path | None = None, out=sys.stdout) -> dict[str, list[str]]:
     """Submit `stages` in order, each after the previous one (afterok); returns their job ids."""
+    from worldmodels.rounds import first_round, previous
+
     run_dir = run_dir.resolve() if run_dir.is_absolute() else (Path.cwd() / run_dir)
+    writable = first_round(RunDir(run_dir), cfg)  # a later round's jobs read the rounds before it
     if dry_run:
         dependency = None
         for stage in stages:
             res, tasks = profile.for_stage(stage), array_size(stage, cfg, profile.for_stage(stage))
             print(f"# --- {stage} ---", file=out)
-            print(sbatch_script(make_executor(stage, res, run_dir, dependency, tasks, container), tasks), file=out)
+            print(sbatch_script(make_executor(stage, res, run_dir, dependency, tasks, container, writable=writable), tasks),
+                  file=out)
             dependency = f"afterok:<{stage}>"
         return {}
+    if cfg.rounds.index:
+        previous(RunDir(run_dir), cfg)  # refused now, not when the job starts
     info = cluster_info()
     check_resources(stages, profile, container, info)
     run = identity.begin(cfg, run_dir, stages[-1], base)
@@ -139,7 +151,7 @@ def submit(cfg: Config, run_dir: Path, stages: list[str], profile: Profile, dry_
         res = profile.for_stage(stage)
         tasks = array_size(stage, cfg, res)
         job_args = [(config_lib.to_dict(cfg), str(run_dir), task, tasks) for task in range(tasks)]
-        ids = _submit(stage, res, run_dir, dependency, job_args, info, container, reused_from(run))
+        ids = _submit(stage, res, run_dir, dependency, job_args, info, container, reused_from(run, cfg), writable)
         submitted[stage] = ids
         record(run, stage, ids)
         print(f"{stage}: submitted {', '.join(ids)}", file=out)
@@ -158,7 +170,7 @@ def submit_sweep(sweep, profile: Profile, container: str | None = None, out=sys.
     info = cluster_info()
     check_resources(list(STAGES), profile, container, info)
     runs = {p.name: identity.begin(configs[p.name], p.run_dir, list(STAGES)[-1], sweep.base) for p in sweep.points}
-    readonly = sorted({path for run in runs.values() for path in reused_from(run)})
+    readonly = sorted({path for name, run in runs.items() for path in reused_from(run, configs[name])})
     submitted: dict[str, list[str]] = {}
     dependency = None
     for stage in STAGES:
@@ -183,7 +195,7 @@ def submit_sweep(sweep, profile: Profile, container: str | None = None, out=sys.
 
 
 def _submit(stage: str, res: Resources, folder: Path, dependency: str | None, job_args: list[tuple], info,
-            container: str | None, readonly: list[Path]) -> list[str]:
+            container: str | None, readonly: list[Path], writable: Path | None = None) -> list[str]:
     """Submit one job per element of `job_args` (config, run_dir, task, num_tasks) as arrays no larger
     than the cluster allows; returns the job ids in the same order."""
     job = StageJob(stage)
@@ -191,7 +203,7 @@ def _submit(stage: str, res: Resources, folder: Path, dependency: str | None, jo
     ids: list[str] = []
     for first in range(0, len(job_args), chunk):
         part = job_args[first:first + chunk]
-        executor = make_executor(stage, res, folder, dependency, len(part), container, readonly)
+        executor = make_executor(stage, res, folder, dependency, len(part), container, readonly, writable)
         ids += [j.job_id for j in executor.map_array(job, *(list(column) for column in zip(*part)))]
     return ids
 

@@ -105,6 +105,10 @@ def test_a_later_round_refuses_what_it_cannot_continue_in_one_line_and_writes_no
     assert proc.returncode == 2 and "submit --round R" in proc.stderr, proc.stderr
     proc = run_cli("submit", "pipeline", "--run-dir", tmp_path / "planned", "--profile", PROFILE, "--dry-run", *ARGS)
     assert "submit round 1 (--round 1) once this one has finished" in proc.stdout
+    # in a container, a later round's jobs bind round 0's directory, which holds the rounds before it
+    proc = run_cli("submit", "train-vae", "--round", "1", "--run-dir", round0, "--profile", PROFILE, "--dry-run",
+                   "--container", tmp_path / "image.sif", *ARGS)
+    assert f"--bind {round0} " in proc.stdout and f"{round0}/rounds/1/slurm/" in proc.stdout, proc.stdout
 
     fresh = tmp_path / "fresh"  # round 0 has collected but not trained C
     run_cli("collect", "--run-dir", fresh, *ARGS)

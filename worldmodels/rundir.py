@@ -11,6 +11,7 @@
     RUN_DIR/report/                        every stage's pictures; index.html (report)
     RUN_DIR/slurm/{jobs.json,JOBID/}       submitted jobs and their logs
     RUN_DIR/wandb/                         offline wandb runs
+    RUN_DIR/rounds/K/                      round K >= 1 of iterative training: a run directory of its own
 
 A run branched from another (`--from BASE`) reuses BASE's finished stages where they are: every
 path of a stage's artifacts goes through `owner(stage)`, the run directory that made them, so a
