@@ -51,19 +51,19 @@ def encode(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1) 
 
     run = RunDir(run_dir)
     rollouts = every_round(run, cfg)
-    where = [(r, k) for r in rollouts for k in range(r.num_episodes)]  # latents episode -> (rollouts, its episode)
+    # latents episode -> (its rollouts store, that store's index, its episode there)
+    where = [(r, index, k) for r, index in zip(rollouts, (r.index() for r in rollouts)) for k in range(r.num_episodes)]
     owned = task_episodes(len(where), task, num_tasks)
     device = select_device(cfg.train.device)
     vae = run.load_vae(cfg, device)
     store = open_latents(cfg, run, rollouts, model_digest(vae))
     lengths = store.lengths()
     todo = [k for k in owned if lengths[k] == 0]
-    index = {id(r): r.index() for r in rollouts}
     with Tracker(cfg, run, STAGE, total=len(owned), done=len(owned) - len(todo), unit="episodes",
                  task=task if num_tasks > 1 else None) as tracker, StopFlag() as stop, torch.no_grad():
         for k in todo:
             stop.check()
-            source, j = where[k]
+            source, index, j = where[k]
             episode = source.read_episode(j)
             frames = torch.from_numpy(episode["frames"])
             mus, logvars = [], []
@@ -73,6 +73,6 @@ def encode(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1) 
                 logvars.append(logvar.float().cpu().numpy())
             store.write_episode(k, {"mu": np.concatenate(mus), "logvar": np.concatenate(logvars),
                                     **{name: episode[name] for name in COPIED}},
-                                ret=float(index[id(source)]["return"][j]), seed=int(index[id(source)]["seed"][j]))
+                                ret=float(index["return"][j]), seed=int(index["seed"][j]))
             tracker.advance(1)
     return f"encode: {len(owned)} episodes in {store.path} ({len(todo)} encoded now)"

@@ -42,10 +42,10 @@ def round_path(run_dir: str | Path, k: int) -> Path:
 
 def round_base(base: str | Path | None, k: int) -> Path | None:
     """Round k of a branch's BASE, where BASE has one (a branch's later rounds reuse what matches there)."""
-    if base is None or k == 0:
-        return None if base is None else Path(base)
+    if base is None:
+        return None
     path = round_path(base, k)
-    return path if (path / "config.yaml").is_file() else None
+    return path if k == 0 or (path / "config.yaml").is_file() else None
 
 
 def round_config(cfg: Config, k: int) -> Config:
@@ -100,10 +100,10 @@ def continued_checkpoint(run: RunDir, cfg: Config, stage: str) -> Path | None:
     """The checkpoint a training stage of round k >= 1 starts from (round k-1's final one); None in round 0."""
     if cfg.rounds.index == 0:
         return None
+    from worldmodels.stages import STAGES
+
     prev, prev_cfg = previous(run, cfg)
-    totals = {"train-vae": prev_cfg.vae.steps, "train-mdnrnn": prev_cfg.mdnrnn.steps,
-              "train-controller": prev_cfg.controller.generations}
-    return prev.finished_checkpoint(stage, totals[stage])
+    return prev.finished_checkpoint(stage, STAGES[stage].units(prev_cfg))
 
 
 def collecting_policy(cfg: Config, run: RunDir, num_actions: int, batch: int):
