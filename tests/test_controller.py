@@ -281,3 +281,45 @@ def test_evaluate_refuses_a_controller_of_another_size(world, tmp_path):
     proc = run_cli("evaluate", "--config", SMOKE, "--run-dir", run, check=False)
     assert proc.returncode == 2 and "controller has 10 parameters, the world model needs" in proc.stderr
     assert (tree_digest(run / "eval") if (run / "eval").exists() else {}) == before
+
+
+def test_selection_rescores_the_top_candidates_plays_the_best_and_is_the_same_under_mpirun_and_after_a_cut(world, tmp_path):
+    from worldmodels.rundir import controller_from
+
+    args = ["--config", SMOKE, "controller.generations=3", "controller.select=3", "controller.select_rollouts=3"]
+    one, two = copy_world(world, tmp_path / "one"), copy_world(world, tmp_path / "two")
+    out = run_cli("train-controller", *args, "--run-dir", one)
+    assert "re-scored on 3 episodes each" in out.stderr, out.stderr
+    final = last_checkpoint(one)
+    history, selection = final["history"], final["selection"]
+    fitness = sorted((f for f in final["top_fitness"].tolist()), reverse=True)
+    assert fitness == selection["fitness"] and len(fitness) == 3 and fitness[0] == final["best_fitness"]
+    assert selection["chosen"] == int(np.argmax(selection["rescored"]))
+    assert history[-1]["selected_rescored"] == max(selection["rescored"])
+    assert torch.equal(final["selected"], final["top"][selection["chosen"]])
+    assert torch.equal(final["top"][0], final["best"])  # the highest fitness heads the top candidates
+    cfg = config.load(SMOKE, ["controller.select=3"])
+    size = int(final["size"])
+    path = one / "checkpoints" / "controller" / "step-000000003.pt"
+    assert np.array_equal(controller_from(path, cfg, size), final["selected"].double().numpy())  # what evaluate plays
+    mean = config.load(SMOKE, ["controller.select=3", "evaluate.controller=mean"])
+    assert np.array_equal(controller_from(path, mean, size), final["mean"].double().numpy())
+    # two ranks split the selection's episodes their own way; a cut during the selection (the last
+    # generation's checkpoint not yet written) replays the last generation and selects the same
+    proc = mpirun(2, "train-controller", *args, "--run-dir", two)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert path.read_bytes() == (two / path.relative_to(one)).read_bytes()
+    for leftover in (two / "checkpoints" / "controller").glob("step-000000003.*"):
+        leftover.unlink()
+    assert "resuming after generation 2" in run_cli("train-controller", *args, "--run-dir", two).stderr
+    resumed = last_checkpoint(two)
+    assert resumed.keys() == final.keys()
+    for key in final.keys() - {"es"}:  # the CMA-ES pickle is not bytewise the same once unpickled: its next ask is
+        assert torch.equal(final[key], resumed[key]) if torch.is_tensor(final[key]) else final[key] == resumed[key], key
+    from worldmodels import cma_internals
+
+    asks = [np.asarray(cma_internals.loads(c["es"].numpy().tobytes()).ask()) for c in (final, resumed)]
+    assert np.array_equal(*asks)
+    refused = run_cli("train-controller", *args, "--run-dir", tmp_path / "dream", "controller.mode=dream", check=False)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "controller.select" in refused.stderr, refused.stderr
+    assert not (tmp_path / "dream").exists()

@@ -26,6 +26,7 @@ from worldmodels.rundir import CHECKPOINTS, RunDir, controller_from, mdnrnn_from
 
 # what each model file keeps of its stage's final checkpoint: what playing needs, nothing to resume
 KEPT = {"vae": ("model", "z_size"), "mdnrnn": ("model", "z_size", "actions"), "controller": ("best", "mean")}
+KEPT_IF_MADE = {"controller": ("selected",)}  # the candidate controller.select chose, when it ran
 REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 def model_file(folder: Path, stage: str) -> Path:
     return folder / "models" / f"{CHECKPOINTS[stage]}.pt"
@@ -38,7 +39,9 @@ def write_folder(cfg: Config, run: RunDir, folder: Path) -> Path:
 
     for stage in CHECKPOINTS:
         state = load_file(run.finished_checkpoint(stage, STAGES[stage].units(cfg)))
-        save_file(model_file(folder, stage), {key: state[key] for key in KEPT[CHECKPOINTS[stage]]})
+        name = CHECKPOINTS[stage]
+        kept = KEPT[name] + tuple(key for key in KEPT_IF_MADE.get(name, ()) if key in state)
+        save_file(model_file(folder, stage), {key: state[key] for key in kept})
     (folder / "config.yaml").write_text(config_lib.dump(cfg))
     return folder
 

@@ -163,6 +163,12 @@ class ControllerConfig:
     heartbeat_s: float = 60.0  # under MPI, a rank silent this long stops the job, which requeues
     rescore_every: int = 25  # re-score the mean in the real game every G generations (0: never)
     rescore_rollouts: int = 64  # episodes of that re-scoring
+    # After the last generation, the `select` candidates of highest fitness (over every generation)
+    # play `select_rollouts` more episodes each, on seeds of their own, and the best of them is the
+    # one that plays ("best"): a candidate's fitness from a few rollouts is much luck. 0: the
+    # candidate of highest fitness plays. Real game only.
+    select: int = 0
+    select_rollouts: int = 16
     dream_steps: int = 1000  # longest dream (steps)
     seed: int | None = None  # seed of CMA-ES and of the training rollouts (default: the run seed)
 
@@ -170,11 +176,14 @@ class ControllerConfig:
         _check(self.mode in ("real", "dream"), "controller.mode", f"must be real or dream, got {self.mode!r}")
         _check(self.inputs in INPUTS, "controller.inputs", f"must be one of {', '.join(INPUTS)}, got {self.inputs!r}")
         _check(self.popsize >= 2, "controller.popsize", f"must be >= 2, got {self.popsize}")
-        for key in ("rollouts", "generations", "batch", "rescore_rollouts", "dream_steps"):
+        for key in ("rollouts", "generations", "batch", "rescore_rollouts", "select_rollouts", "dream_steps"):
             _check(getattr(self, key) >= 1, f"controller.{key}", "must be >= 1")
         _check(self.sigma0 > 0, "controller.sigma0", "must be > 0")
         _check(self.heartbeat_s > 0, "controller.heartbeat_s", f"must be > 0 seconds, got {self.heartbeat_s}")
         _check(self.rescore_every >= 0, "controller.rescore_every", "must be >= 0")
+        _check(self.select >= 0, "controller.select", f"must be >= 0, got {self.select}")
+        _check(not (self.select and self.mode == "dream"), "controller.select",
+               "re-scores candidates in the real game: set it to 0 with controller.mode=dream")
 
 
 # The evaluation protocols by name: the emulator's repeat-action probability under each. "v4" is
@@ -189,7 +198,7 @@ class EvaluateConfig:
 
     episodes: int = 100  # the paper's protocol: mean and std over 100 episodes, per protocol
     protocols: tuple[str, ...] = ("v4", "sticky")  # every policy plays the episodes under each; the first is the headline
-    controller: str = "best"  # which solution plays: "best" (best fitness seen) or "mean" (CMA-ES mean)
+    controller: str = "best"  # which solution plays: "best" (highest fitness, or the selected one: controller.select) or "mean" (CMA-ES mean)
     videos: int = 3  # episodes recorded to eval/videos/*.mp4
     batch: int = 16  # episodes played in lockstep
     seed: int | None = None  # seed of the evaluation episodes (default: the run seed)

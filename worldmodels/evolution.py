@@ -157,18 +157,20 @@ def _train(cfg: Config, run: RunDir, group) -> dict[str, Any]:
                                 f"the world model needs {size}")
             es = cma_internals.loads(saved["es"].numpy().tobytes())
         if start is not None:  # CMA-ES goes on where the previous round stopped; its candidates now play the new world
-            state = {"generation": 0, "history": [], "best": np.zeros(size), "best_fitness": -np.inf}
+            state = _fresh(size)
             log.info("train-controller: continuing CMA-ES from %s", start)
         elif saved is not None:
             state = {"generation": int(saved["generation"]), "history": list(saved["history"]),
-                     "best": saved["best"].numpy(), "best_fitness": float(saved["best_fitness"])}
+                     "best": saved["best"].numpy(), "best_fitness": float(saved["best_fitness"]),
+                     "top": saved["top"].numpy() if "top" in saved else np.zeros((0, size)),
+                     "top_fitness": saved["top_fitness"].numpy() if "top_fitness" in saved else np.zeros(0)}
             log.info("train-controller: resuming after generation %d", state["generation"])
         else:
             es = cma.CMAEvolutionStrategy(np.zeros(size), c.sigma0, {
                 "popsize": c.popsize, "seed": seeds.seed(cfg, "controller.cma") % 2**31 + 1,
                 "CMA_diagonal": c.diagonal, "verbose": -9, "maxiter": 10**9, "tolflatfitness": 10**9,
                 "tolfun": 0, "tolx": 0, "tolstagnation": 10**9})
-            state = {"generation": 0, "history": [], "best": np.zeros(size), "best_fitness": -np.inf}
+            state = _fresh(size)
         log.info("train-controller: %s parameters per controller, population %d x %d rollouts, %s game, %d rank(s) on %s",
                  f"{size:,}", c.popsize, c.rollouts, c.mode, group.size, ", ".join(sorted(set(group.hosts))))
     generation = group.bcast(state["generation"] if state else None)
@@ -194,21 +196,35 @@ def _train(cfg: Config, run: RunDir, group) -> dict[str, Any]:
                 # cma minimises; it is told the arrays it asked with, not the broadcast's copies, whose
                 # unpickled dtypes would pickle into the checkpoint differently under MPI
                 es.tell(asked, list(-fitness))
-                generation += 1
-                record = {"generation": generation, "best": float(fitness.max()), "mean": float(fitness.mean()),
+                record = {"generation": generation + 1, "best": float(fitness.max()), "mean": float(fitness.mean()),
                           "worst": float(fitness.min()), "sigma": float(es.sigma)}
                 if rescored is not None:  # the mean this generation's candidates were drawn around
                     record["mean_rescored"] = float(rescored.mean())
                 state["history"].append(record)
                 if fitness.max() > state["best_fitness"]:
-                    state["best_fitness"], state["best"] = float(fitness.max()), solutions[int(fitness.argmax())]
+                    # a copy: a view would save the whole population's storage with it
+                    state["best_fitness"], state["best"] = float(fitness.max()), solutions[int(fitness.argmax())].copy()
+                if c.select:
+                    _keep_top(state, solutions, fitness, c.select)
+            # the last generation's checkpoint, which finishes the stage, holds the selection: a run
+            # cut during it replays the generation (the same returns) and selects again
+            selection = None
+            if c.select and generation + 1 == c.generations:
+                selection = _select(cfg, group, workers, vae, mdnrnn, state, generation, stop, envs)
+            generation += 1
+            if group.rank == 0:
+                extra = {}
+                if selection is not None:
+                    extra = {"selected": torch.from_numpy(state["top"][selection["chosen"]]), "selection": selection}
+                    state["history"][-1]["selected_rescored"] = selection["rescored"][selection["chosen"]]
+                if c.select:
+                    extra |= {"top": torch.from_numpy(state["top"]), "top_fitness": torch.from_numpy(state["top_fitness"])}
                 ckpt.save(generation, {"generation": generation, "es": es_bytes(es), "size": size,
                                        "history": state["history"], "best": torch.from_numpy(np.asarray(state["best"])),
                                        "best_fitness": state["best_fitness"],
-                                       "mean": torch.from_numpy(np.asarray(es.mean, dtype=np.float64))},
+                                       "mean": torch.from_numpy(np.asarray(es.mean, dtype=np.float64)), **extra},
                           summary={"best_fitness": state["best_fitness"]})
-                tracker.advance(1, **{f"{STAGE}/{k}": v for k, v in record.items() if k != "generation"})
-            generation = group.bcast(generation)
+                tracker.advance(1, **{f"{STAGE}/{k}": v for k, v in state["history"][-1].items() if k != "generation"})
         if tracker is not None:
             from worldmodels.plots import plot_fitness
 
@@ -216,6 +232,39 @@ def _train(cfg: Config, run: RunDir, group) -> dict[str, Any]:
     if group.rank != 0:
         return {"generation": generation}
     return {"generation": generation, "best_fitness": state["best_fitness"]}
+
+
+def _fresh(size: int) -> dict[str, Any]:
+    """The state of a CMA-ES run before its first generation (also a later round's first start)."""
+    return {"generation": 0, "history": [], "best": np.zeros(size), "best_fitness": -np.inf,
+            "top": np.zeros((0, size)), "top_fitness": np.zeros(0)}
+
+
+def _keep_top(state: dict[str, Any], solutions: np.ndarray, fitness: np.ndarray, k: int) -> None:
+    """The k candidates of highest fitness so far (earlier ones first among equals: a stable sort)."""
+    top = np.concatenate([state["top"], np.asarray(solutions, dtype=np.float64)])
+    top_fitness = np.concatenate([state["top_fitness"], fitness])
+    order = np.argsort(-top_fitness, kind="stable")[:k]
+    state["top"], state["top_fitness"] = top[order], top_fitness[order]
+
+
+def _select(cfg: Config, group, workers: list[int], vae, mdnrnn, state, generation: int, stop,
+            envs: EnvPool) -> dict[str, Any] | None:
+    """Every rank plays its share of the top candidates' `select_rollouts` episodes (the same seeds
+    for every candidate, a stream of their own); rank 0 returns the candidate of highest mean."""
+    c = cfg.controller
+    top = group.bcast(state["top"] if group.rank == 0 else None)
+    jobs = [(i, r) for i in range(len(top)) for r in range(c.select_rollouts)]
+    returns = _evaluate_share(cfg, group, workers, vae, mdnrnn, None, top, jobs, generation, "controller.select",
+                              stop, envs, mode="real")
+    if group.rank != 0:
+        return None
+    rescored = returns.reshape(len(top), c.select_rollouts).mean(axis=1)
+    chosen = int(np.argmax(rescored))
+    log.info("train-controller: of the %d candidates of highest fitness (%s), re-scored on %d episodes each (%s), "
+             "candidate %d plays", len(top), ", ".join(f"{f:.0f}" for f in state["top_fitness"]), c.select_rollouts,
+             ", ".join(f"{f:.0f}" for f in rescored), chosen)
+    return {"chosen": chosen, "fitness": [float(f) for f in state["top_fitness"]], "rescored": [float(f) for f in rescored]}
 
 
 def _evaluate_share(cfg: Config, group, workers: list[int], vae, mdnrnn, starts, solutions, jobs, generation, stream,

@@ -299,10 +299,13 @@ def mdnrnn_from(path: Path, cfg: Config, device: "torch.device | str" = "cpu"):
 
 
 def controller_from(path: Path, cfg: Config, size: int) -> "np.ndarray":
-    """The controller vector `evaluate.controller` names (best or mean) from a file holding both."""
+    """The controller vector `evaluate.controller` names from a file holding it: the CMA-ES mean, or
+    the best one (the selected candidate when train-controller selected one, see controller.select)."""
     from worldmodels.checkpoint import load_file
 
-    solution = load_file(path)[cfg.evaluate.controller].double().numpy()
+    state = load_file(path)
+    name = "selected" if cfg.evaluate.controller == "best" and "selected" in state else cfg.evaluate.controller
+    solution = state[name].double().numpy()
     if solution.shape != (size,):
         raise DataError(f"{path}: controller has {solution.size} parameters, the world model needs {size}")
     return solution

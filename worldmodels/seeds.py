@@ -36,6 +36,7 @@ STREAMS: dict[str, tuple[int, tuple[str, ...]]] = {
     "controller.dream": (11, ("generation",)),  # every draw of a generation's dreams
     "evaluate.env": (12, ("episode",)),  # the no-op start of evaluation episode k
     "evaluate.policy": (13, ("episode",)),  # the random baseline's draws in evaluation episode k
+    "controller.select": (14, ("generation", "rollout")),  # the games the top candidates play after the last generation
 }
 
 
