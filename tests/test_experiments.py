@@ -49,8 +49,15 @@ def branch(base, tmp_path_factory):
     """A branch of `base` with the controller trained in the dream with another seed, BASE read-only."""
     run = tmp_path_factory.mktemp("branch") / "run"
     before = tree_digest(base)
-    for stage in ("train-controller", "evaluate"):
-        run_cli_with_readonly(base, stage, "--config", SMOKE, "--run-dir", run, "--from", base, *BRANCH)
+    procs = [run_cli_with_readonly(base, stage, "--config", SMOKE, "--run-dir", run, "--from", base, *BRANCH)
+             for stage in ("train-controller", "evaluate")]
+    # the first stage that differs from BASE's says so, and why
+    assert f"--from {base}: train-controller runs here, its config differs from there (controller.mode: 'real' -> 'dream'; " \
+        "controller.seed: 7 -> 3)" in procs[0].stderr, procs[0].stderr
+    assert "collect runs here" not in procs[0].stderr
+    proc = procs[1]
+    # the baselines' episodes are the base's games: taken, not played again (3 baselines x 4 episodes x 2 protocols)
+    assert f"24 baseline episodes taken from {base.resolve()}" in proc.stderr, proc.stderr
     assert tree_digest(base) == before  # never written
     return run
 
@@ -74,14 +81,16 @@ def test_a_branch_ends_with_what_a_run_from_scratch_of_its_config_makes(branch, 
     a, b = last(scratch, "controller"), last(branch, "controller")
     assert a["history"] == b["history"] and torch.equal(a["mean"], b["mean"])
     results = [json.loads((r / "eval" / "results.json").read_text()) for r in (scratch, branch)]
-    assert results[0]["scores"] == results[1]["scores"] and results[0]["seeds"] == results[1]["seeds"]
+    assert results[0]["seeds"] == results[1]["seeds"]
+    assert results[0]["protocols"] == results[1]["protocols"]  # the baselines the branch took included
 
 
 def test_a_branch_of_a_branch_reuses_each_stage_from_the_run_that_made_it(base, branch, tmp_path):
     twig = tmp_path / "twig"
     before = tree_digest(branch)
-    run_cli_with_readonly(branch, "evaluate", "--config", SMOKE, "--run-dir", twig, "--from", branch, *BRANCH,
-                          "evaluate.seed=11")
+    proc = run_cli_with_readonly(branch, "evaluate", "--config", SMOKE, "--run-dir", twig, "--from", branch, *BRANCH,
+                                 "evaluate.seed=11")
+    assert "baseline episodes taken" not in proc.stderr  # other games: the baselines play them
     stages = status(twig)
     assert stages["train-mdnrnn"]["reused_from"] == str(base.resolve())
     assert stages["train-controller"]["reused_from"] == str(branch.resolve())

@@ -11,6 +11,12 @@ v4 protocol's few distinct games shows up under sticky actions.
 Work is split into tasks owning disjoint episodes; each task keeps its scores in
 eval/parts/PROTOCOL.POLICY.taskI-of-N.json, rewritten atomically after every episode, so a rerun
 plays only what is missing. Whichever task finds every part complete writes eval/results.json.
+
+The baselines learn nothing: their score on an episode depends only on the game, the episode's
+seeds and the protocol, never on V, M or C. A branch, or a later round of iterative training,
+takes them from the runs it builds on (the runs its stages are reused from; round 0) when those
+played the same games (same environment and evaluation seed), instead of playing them again:
+three quarters of an evaluation's episodes.
 """
 
 from __future__ import annotations
@@ -86,6 +92,10 @@ def evaluate(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1
     mine = {part: _load_part(_part_path(run, part, task, num_tasks)) for part, _, _ in parts}
     scored = _scores(run)  # from every task split: a rerun with other tasks plays only what is missing
     todo = {part: [k for k in owned if k not in scored.get(part, {})] for part, _, _ in parts}
+    for part, found in _take_baselines(cfg, run, todo).items():  # this task's part holds them from now on
+        mine[part].update({str(k): score for k, score in found.items()})
+        atomic_write(_part_path(run, part, task, num_tasks), json.dumps(mine[part]).encode())
+        todo[part] = [k for k in todo[part] if k not in found]
     total = len(owned) * len(parts)
     # one policy per name for every protocol, batched for its largest share
     batches = {name: min(cfg.evaluate.batch, max(len(todo[part]) for part, _, n in parts if n == name)) for name in POLICIES}
@@ -123,6 +133,45 @@ def evaluate(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1
     if r is None:
         return f"evaluate: {len(owned)} episodes scored; results.json waits for the other tasks"
     return f"evaluate: {headline(r)} -> {run.results_file}"
+
+
+def _same_games(cfg: Config) -> dict[str, Any]:
+    """What a baseline's scores depend on (the protocol sets the sticky actions; the evaluation's
+    seeds are the same in every round, worldmodels.seeds.SAME_IN_EVERY_ROUND)."""
+    import dataclasses
+
+    return {"env": dataclasses.replace(cfg.env, repeat_action_probability=0.0), "seed": cfg.seed_of("evaluate")}
+
+
+def _sources(cfg: Config, run: RunDir) -> list[RunDir]:
+    """The runs this one builds on that may hold its baselines' scores: round 0 (for a later round),
+    then every run a stage of this one is reused from."""
+    from worldmodels.rounds import first_round
+    from worldmodels.stages import STAGES
+
+    paths = [first_round(run, cfg)] if cfg.rounds.index else []
+    paths += [Path(record["reused_from"]) for name in STAGES if (record := run.stage_record(name)) and record.get("reused_from")]
+    unique = dict.fromkeys(path.resolve() for path in paths if path.resolve() != run.path.resolve())
+    return [RunDir(path) for path in unique]
+
+
+def _take_baselines(cfg: Config, run: RunDir, wanted: dict[str, list[int]]) -> dict[str, dict[int, float]]:
+    """{part: {episode: score}} of the baselines' `wanted` episodes already scored on the same games
+    by a run this one builds on."""
+    taken: dict[str, dict[int, float]] = {}
+    for source in _sources(cfg, run):
+        theirs = source.saved_config()
+        if theirs is None or _same_games(theirs) != _same_games(cfg):
+            continue
+        scores, count = _scores(source), 0
+        for part, _, name in _parts(cfg):
+            found = {k: scores[part][k] for k in wanted[part]
+                     if name != "controller" and k in scores.get(part, {}) and k not in taken.get(part, {})}
+            taken.setdefault(part, {}).update(found)
+            count += len(found)
+        if count:
+            log.info("evaluate: %d baseline episodes taken from %s (the same games)", count, source.path)
+    return {part: found for part, found in taken.items() if found}
 
 
 def _load_part(path: Path) -> dict[str, float]:

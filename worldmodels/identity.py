@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +30,8 @@ from worldmodels.errors import ConfigError, DataError
 from worldmodels.files import atomic_write
 from worldmodels.rundir import RunDir
 from worldmodels.stages import STAGES, chain
+
+log = logging.getLogger("worldmodels")
 
 # The version of the stage records and of the random streams behind every artifact (worldmodels.seeds):
 # a run of another version can neither be resumed nor branched from.
@@ -143,6 +146,9 @@ def _decide(cfg: Config, run: RunDir, name: str, base: RunDir | None,
                 raise DataError(f"--from {base.path}: its {name} has this identity but is not finished; finish it "
                                 f"there first, or branch from a run where it is")
             reused_from = str(owner.path.resolve())
+        else:  # the branch's own from this stage on: say why (a forgotten override is the usual reason)
+            log.info("--from %s: %s runs here, its config differs from there (%s)", base.path, name,
+                     "; ".join(differences(their_identity, given)))
     return {"stage": name, "format": RUN_FORMAT, "identity": given, "digest": digest(given),
             "reused_from": reused_from, "decided": time.time()}
 
