@@ -1,6 +1,7 @@
 """Experiments: stage identities, branches that reuse a finished run read-only, sweeps, comparisons."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -207,6 +208,12 @@ def test_a_local_sweep_branches_every_point_and_compare_gives_each_point_its_int
         assert set(p["baselines"]) == {"random", "always_fire", "sweep_fire"} and len(p["curve"]["mean"]) == 3
     page = (out / "index.html").read_text()
     assert "95% CI" in page and "scores.png" in page and (out / "scores.png").stat().st_size > 1000
+    # round 0 of a config with more rounds, and another number of videos: the same scores' settings
+    other = Path(shutil.copytree(sweep / points[0], tmp_path / "two-rounds"))
+    (other / "config.yaml").write_text(config.dump(config.load(other / "config.yaml", ["rounds.count=2", "evaluate.videos=3"])))
+    run_cli("compare", sweep / points[0], sweep / points[1], other, "--out", tmp_path / "grouped")
+    grouped = json.loads((tmp_path / "grouped" / "results.json").read_text())
+    assert grouped["setting_keys"] == [] and len(grouped["points"]) == 1 and len(grouped["points"][0]["runs"]) == 3
     proc = run_cli(*args[:-1], "controller.seed=1,2,3", check=False)  # another grid for the same folder
     assert proc.returncode == 2 and "made with other settings" in proc.stderr
 

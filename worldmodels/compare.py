@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from worldmodels import config as config_lib
 from worldmodels.errors import DataError
 from worldmodels.files import atomic_write
 from worldmodels.rundir import RunDir
@@ -64,9 +63,12 @@ def iqm(values: list[float]) -> float:
     return float(trim_mean(np.asarray(values), 0.25))
 
 
+BESIDE_THE_SCORES = {"evaluate.videos"}  # part of the evaluation's identity, not of its scores
+
+
 def summarise(runs: list[RunDir]) -> dict[str, Any]:
     """Per point: its settings, runs, seeds, per-seed means, mean, CI, IQM, baselines and learning curve."""
-    from worldmodels.identity import OPERATIONAL
+    from worldmodels.identity import ADDED_SINCE_FORMAT, identity
 
     finished = []
     for run in runs:
@@ -74,11 +76,16 @@ def summarise(runs: list[RunDir]) -> dict[str, Any]:
         if results is None:
             log.warning("compare: %s has no eval/results.json yet; left out", run.path)
         else:
-            finished.append((run, config_lib.flat(config_lib.to_dict(run.saved_config())), results))
+            # what the scores depend on: the evaluation's identity (no operational keys, no rounds.count
+            # of a round 0; a key it leaves out for having its old value has that value), without what
+            # it records beside the scores
+            flat = {**ADDED_SINCE_FORMAT, **identity(run.saved_config(), "evaluate")}
+            flat = {k: v for k, v in flat.items() if k not in BESIDE_THE_SCORES}
+            finished.append((run, flat, results))
     if not finished:
         raise DataError("compare: none of the runs has been evaluated yet (eval/results.json)")
     keys = sorted({k for _, flat, _ in finished for k in flat})
-    varying = [k for k in keys if len({json.dumps(flat.get(k)) for _, flat, _ in finished}) > 1 and k not in OPERATIONAL]
+    varying = [k for k in keys if len({json.dumps(flat.get(k)) for _, flat, _ in finished}) > 1]
     seed_keys = [k for k in varying if k.rpartition(".")[2] == "seed"]
     setting_keys = [k for k in varying if k not in seed_keys]
     groups: dict[str, list] = {}
