@@ -215,7 +215,7 @@ def _train(cfg: Config, run: RunDir, group) -> dict[str, Any]:
             if group.rank == 0:
                 extra = {}
                 if selection is not None:
-                    extra = {"selected": torch.from_numpy(state["top"][selection["chosen"]]), "selection": selection}
+                    extra = {"selected": torch.from_numpy(state["top"][selection["chosen"]].copy()), "selection": selection}
                     state["history"][-1]["selected_rescored"] = selection["rescored"][selection["chosen"]]
                 if c.select:
                     extra |= {"top": torch.from_numpy(state["top"]), "top_fitness": torch.from_numpy(state["top_fitness"])}
