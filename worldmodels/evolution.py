@@ -160,10 +160,10 @@ def _train(cfg: Config, run: RunDir, group) -> dict[str, Any]:
             state = _fresh(size)
             log.info("train-controller: continuing CMA-ES from %s", start)
         elif saved is not None:
-            state = {"generation": int(saved["generation"]), "history": list(saved["history"]),
-                     "best": saved["best"].numpy(), "best_fitness": float(saved["best_fitness"]),
-                     "top": saved["top"].numpy() if "top" in saved else np.zeros((0, size)),
-                     "top_fitness": saved["top_fitness"].numpy() if "top_fitness" in saved else np.zeros(0)}
+            state = _fresh(size) | {"generation": int(saved["generation"]), "history": list(saved["history"]),
+                                    "best": saved["best"].numpy(), "best_fitness": float(saved["best_fitness"])}
+            if "top" in saved:  # controller.select keeps its candidates
+                state |= {"top": saved["top"].numpy(), "top_fitness": saved["top_fitness"].numpy()}
             log.info("train-controller: resuming after generation %d", state["generation"])
         else:
             es = cma.CMAEvolutionStrategy(np.zeros(size), c.sigma0, {
