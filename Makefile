@@ -164,7 +164,7 @@ submit-eval: setup ## submit evaluate as an array job
 	$(call SUBMIT,evaluate)
 submit-report: setup ## submit report
 	$(call SUBMIT,report)
-submit-pipeline: setup ## submit every stage at once, chained with afterok dependencies (a branch: those it does not reuse)
+submit-pipeline: setup ## submit every stage of every round (from ROUND on) at once, chained with afterok dependencies (a branch: those it does not reuse)
 	$(call SUBMIT,pipeline)
 
 sweep: setup ## run a sweep locally, point after point (CONFIG, SWEEP_DIR, GRID, FROM, OVERRIDES)

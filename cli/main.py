@@ -182,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
         print(" ".join(map(str, range(resolve_config(args, None).rounds.count))))
         return 0
     cfg = resolve_config(args, args.run_dir)
+    root, root_base = args.run_dir, args.base  # round 0's, before --round moves them
     if getattr(args, "round", 0):  # round R is a run directory of its own under round 0's (worldmodels.rounds)
         from worldmodels.rounds import round_base, round_config, round_path
 
@@ -190,8 +191,12 @@ def run(args: argparse.Namespace) -> int:
         args.base = round_base(args.base, args.round)
     if args.command == "submit":
         from jobs.profile import load_profile
-        from jobs.submit import stages_for, submit
+        from jobs.submit import stages_for, submit, submit_rounds
 
+        if args.stage == "pipeline":  # every round from this one on
+            submit_rounds(cfg, root, load_profile(args.profile), dry_run=args.dry_run, container=args.container,
+                          base=root_base)
+            return 0
         submit(cfg, args.run_dir, stages_for(args.stage), load_profile(args.profile), dry_run=args.dry_run,
                container=args.container, base=args.base)
         if cfg.rounds.index + 1 < cfg.rounds.count:

@@ -5,7 +5,9 @@ Each stage becomes what its record says (worldmodels.stages): an array of tasks 
 episodes (chunked below the cluster's MaxArraySize), one job of nodes x tasks MPI ranks under
 `srun --mpi=pmix`, or one plain job. Jobs ask Slurm to requeue them; SIGUSR2 before a preemption or
 the time limit makes the stage save and requeue itself (see jobs/entries.py). `pipeline` submits
-every stage at once, each depending (afterok) on the one before. A branch (`--from BASE`) submits
+every stage at once, each depending (afterok) on the one before, and with `rounds.count` > 1 every
+round from `--round R` on, each round's first job waiting for the stage it continues from the round
+before (worldmodels.rounds.CONTINUES). A branch (`--from BASE`) submits
 only the stages it does not reuse. A sweep submits one array per stage across all the points that
 need it, chained the same way. Run directories and their stage records are written before anything
 is submitted, and the job ids are kept in RUN_DIR/slurm/jobs.json for `status`. With a container
@@ -119,14 +121,16 @@ def check_resources(stages: list[str], profile: Profile, container: str | None, 
 
 
 def submit(cfg: Config, run_dir: Path, stages: list[str], profile: Profile, dry_run: bool = False,
-           container: str | None = None, base: Path | None = None, out=sys.stdout) -> dict[str, list[str]]:
-    """Submit `stages` in order, each after the previous one (afterok); returns their job ids."""
+           container: str | None = None, base: Path | None = None, out=sys.stdout,
+           after: str | None = None) -> dict[str, list[str]]:
+    """Submit `stages` in order, each after the previous one (afterok), the first after `after` (a
+    dependency on jobs already submitted: the previous round's); returns their job ids."""
     from worldmodels.rounds import first_round, previous
 
     run_dir = run_dir.resolve() if run_dir.is_absolute() else (Path.cwd() / run_dir)
     writable = first_round(RunDir(run_dir), cfg)  # a later round's jobs read the rounds before it
     if dry_run:
-        dependency = None
+        dependency = after
         for stage in stages:
             res, tasks = profile.for_stage(stage), array_size(stage, cfg, profile.for_stage(stage))
             print(f"# --- {stage} ---", file=out)
@@ -134,7 +138,7 @@ def submit(cfg: Config, run_dir: Path, stages: list[str], profile: Profile, dry_
                   file=out)
             dependency = f"afterok:<{stage}>"
         return {}
-    if cfg.rounds.index:
+    if cfg.rounds.index and after is None:
         previous(RunDir(run_dir), cfg)  # refused now, not when the job starts
     info = cluster_info()
     check_resources(stages, profile, container, info)
@@ -146,7 +150,7 @@ def submit(cfg: Config, run_dir: Path, stages: list[str], profile: Profile, dry_
         return {}
     check_inputs(own[0], run, cfg)
     submitted: dict[str, list[str]] = {}
-    dependency = None
+    dependency = after
     for stage in own:
         res = profile.for_stage(stage)
         tasks = array_size(stage, cfg, res)
@@ -155,7 +159,28 @@ def submit(cfg: Config, run_dir: Path, stages: list[str], profile: Profile, dry_
         submitted[stage] = ids
         record(run, stage, ids)
         print(f"{stage}: submitted {', '.join(ids)}", file=out)
-        dependency = "afterok:" + ":".join(sorted({i.split("_")[0] for i in ids}))
+        dependency = afterok(ids)
+    return submitted
+
+
+def submit_rounds(cfg: Config, root: Path, profile: Profile, dry_run: bool = False, container: str | None = None,
+                  base: Path | None = None, out=sys.stdout) -> dict[int, dict[str, list[str]]]:
+    """`submit pipeline`: every stage of round `cfg.rounds.index` and of each round after it, in the
+    run directory `root` (round 0's; `base`: BASE's round 0). Round k+1 waits for round k's
+    CONTINUES job only, so it runs beside round k's evaluation; returns the job ids per round."""
+    from worldmodels.rounds import CONTINUES, round_base, round_config, round_path
+
+    submitted: dict[int, dict[str, list[str]]] = {}
+    after = None
+    for k in range(cfg.rounds.index, cfg.rounds.count):
+        if cfg.rounds.count > 1:
+            print(f"round {k}:", file=out)
+        submitted[k] = submit(round_config(cfg, k), round_path(root, k), list(STAGES), profile, dry_run, container,
+                              round_base(base, k), out, after=after)
+        if dry_run:
+            after = f"afterok:<round {k} {CONTINUES}>"
+        else:  # a reused CONTINUES has finished: the next round need not wait
+            after = afterok(submitted[k][CONTINUES]) if CONTINUES in submitted[k] else None
     return submitted
 
 
@@ -190,7 +215,7 @@ def submit_sweep(sweep, profile: Profile, container: str | None = None, out=sys.
             record(runs[p.name], stage, [i for i, owner in zip(ids, owners) if owner == p.name])
         submitted[stage] = ids
         print(f"{stage}: submitted {len(ids)} tasks for {len(todo)} points: {', '.join(ids)}", file=out)
-        dependency = "afterok:" + ":".join(sorted({i.split("_")[0] for i in ids}))
+        dependency = afterok(ids)
     return submitted
 
 
@@ -208,6 +233,11 @@ def _submit(stage: str, res: Resources, folder: Path, dependency: str | None, jo
     return ids
 
 
+def afterok(ids: list[str]) -> str:
+    """A dependency on every job (every array) of `ids` ending well."""
+    return "afterok:" + ":".join(sorted({i.split("_")[0] for i in ids}))
+
+
 def record(run: RunDir, stage: str, ids: list[str]) -> None:
     path = run.jobs_file
     jobs = json.loads(path.read_text()) if path.is_file() else {}
@@ -216,8 +246,7 @@ def record(run: RunDir, stage: str, ids: list[str]) -> None:
 
 
 def stages_for(name: str) -> list[str]:
-    if name == "pipeline":
-        return list(STAGES)
+    """[name] for a stage name (`pipeline` goes to submit_rounds)."""
     if name not in STAGES:
         raise ConfigError(f"unknown stage '{name}' (stages: {', '.join(STAGES)}, or pipeline)")
     return [name]

@@ -104,7 +104,12 @@ def test_a_later_round_refuses_what_it_cannot_continue_in_one_line_and_writes_no
     proc = run_cli("sweep", "--sweep-dir", tmp_path / "sweep", *ARGS, "--grid", "controller.seed=1,2", "--executor", "slurm",
                    "--profile", PROFILE, check=False)
     assert proc.returncode == 2 and "submit --round R" in proc.stderr, proc.stderr
+    # the pipeline of every round: round 1 waits for round 0's controller, not for its evaluation
     proc = run_cli("submit", "pipeline", "--run-dir", tmp_path / "planned", "--profile", PROFILE, "--dry-run", *ARGS)
+    assert proc.stdout.count("# --- collect ---") == 2 and proc.stdout.index("round 0:") < proc.stdout.index("round 1:")
+    round1 = proc.stdout[proc.stdout.index("round 1:"):]
+    assert "afterok:<round 0 train-controller>" in round1 and f"{tmp_path}/planned/rounds/1/slurm/" in round1
+    proc = run_cli("submit", "evaluate", "--run-dir", round0, "--profile", PROFILE, "--dry-run", *ARGS)
     assert "submit round 1 (--round 1) once this one has finished" in proc.stdout
     # in a container, a later round's jobs bind round 0's directory, which holds the rounds before it
     proc = run_cli("submit", "train-vae", "--round", "1", "--run-dir", round0, "--profile", PROFILE, "--dry-run",

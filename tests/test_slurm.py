@@ -241,18 +241,23 @@ def cluster_pids(node: str) -> list[int]:
     return [int(p) for p in out.split()]
 
 
-def test_submit_pipeline_runs_every_stage_through_dependencies(cluster, tmp_path):
-    run = tmp_path / "run"
-    proc = run_cli("submit", "pipeline", "--config", SMOKE, "--run-dir", run, "--profile", LOCAL, check=False)
+def test_submit_pipeline_runs_every_stage_of_every_round_through_dependencies(cluster, tmp_path):
+    run, later = tmp_path / "run", tmp_path / "run" / "rounds" / "1"
+    proc = run_cli("submit", "pipeline", "--config", SMOKE, "--run-dir", run, "--profile", LOCAL, "rounds.count=2",
+                   "evaluate.videos=0", check=False)
     assert proc.returncode == 0, proc.stderr
-    for stage in STAGES + ["report"]:
-        assert f"{stage}: submitted" in proc.stdout
-    ids = [i for stage in STAGES + ["report"] for i in job_ids(run, stage)]
-    assert "afterok:" in scontrol(job_ids(run, "report")[0]).get("Dependency", "") or \
-        scontrol(job_ids(run, "report")[0]).get("JobState") in ("RUNNING", "COMPLETED")
-    wait_done(run, ids, timeout=600)
-    results = json.loads((run / "eval" / "results.json").read_text())
-    assert results["episodes"] == 4 and (run / "report" / "index.html").is_file()
+    assert proc.stdout.count(": submitted") == 2 * len(REGISTRY) and "round 1:" in proc.stdout
+    # round 1 starts once round 0's controller is trained, beside round 0's evaluation
+    controller = job_ids(run, "train-controller")[0]
+    assert f"afterok:{controller}" in scontrol(job_ids(later, "collect")[0]).get("Dependency", "") or \
+        scontrol(controller).get("JobState") == "COMPLETED"
+    ids = [i for r in (run, later) for stage in REGISTRY for i in job_ids(r, stage)]
+    wait_done(run, ids, timeout=900)
+    for r in (run, later):
+        assert json.loads((r / "eval" / "results.json").read_text())["episodes"] == 4
+        assert (r / "report" / "index.html").is_file()
+    status = run_cli("status", run).stdout
+    assert "round 1: run" in status and len(re.findall(r"report +done", status)) == 2, status
 
 
 def test_an_array_larger_than_max_array_size_is_chunked(cluster, tmp_path, monkeypatch):

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from worldmodels.dataset import EpisodeStore
 
 FOLDER = "rounds"
+# the last stage of round k-1 that round k reads (its controller plays round k's collect); round k can
+# start once it has finished, beside round k-1's evaluate and report
+CONTINUES = "train-controller"
 
 
 def round_path(run_dir: str | Path, k: int) -> Path:
@@ -74,14 +77,16 @@ def previous(run: RunDir, cfg: Config) -> tuple[RunDir, Config]:
     k = cfg.rounds.index
     prev_cfg = round_config(cfg, k - 1)
     prev = RunDir(round_path(first_round(run, cfg), k - 1))
-    record = prev.stage_record("train-controller")
+    record = prev.stage_record(CONTINUES)
     if record is None:
-        raise DataError(f"round {k} continues round {k - 1} in {prev.path}, whose train-controller has not run; run it first")
-    given = identity(prev_cfg, "train-controller")
+        raise DataError(f"round {k} continues round {k - 1} in {prev.path}, whose {CONTINUES} has not run; run it first")
+    given = identity(prev_cfg, CONTINUES)
     if record["identity"] != given:
         raise ConfigError(f"round {k - 1} in {prev.path} was trained with other values "
                           f"({'; '.join(differences(record['identity'], given))}); every round shares one config")
-    prev.finished_checkpoint("train-controller", prev_cfg.controller.generations)  # a clear error if unfinished
+    from worldmodels.stages import STAGES
+
+    prev.finished_checkpoint(CONTINUES, STAGES[CONTINUES].units(prev_cfg))  # a clear error if unfinished
     return prev, prev_cfg
 
 
