@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
             cfg = config_lib.override(Sweep.open(args.sweep_dir).config, args.overrides)
         else:
             cfg = resolve_config(args, None)
-        sweep = Sweep.create(args.sweep_dir, cfg, args.grid, base=args.base)
+        sweep = Sweep.define(args.sweep_dir, cfg, args.grid, base=args.base)
         if args.executor == "slurm":
             from jobs.submit import submit_sweep
             from worldmodels.errors import ConfigError

@@ -191,9 +191,10 @@ def submit_sweep(sweep, profile: Profile, container: str | None = None, out=sys.
     several = sorted({cfg.rounds.count for cfg in configs.values()} - {1})
     if several:
         raise ConfigError(f"a sweep of {several[0]} rounds of iterative training runs locally (sweep --executor local), "
-                          "or as one run per point submitted round by round (submit --round R)")
+                          "or as one run per point, each submitted with all its rounds (submit pipeline)")
     info = cluster_info()
     check_resources(list(STAGES), profile, container, info)
+    sweep.save()
     runs = {p.name: identity.begin(configs[p.name], p.run_dir, list(STAGES)[-1], sweep.base) for p in sweep.points}
     readonly = sorted({path for name, run in runs.items() for path in reused_from(run, configs[name])})
     submitted: dict[str, list[str]] = {}

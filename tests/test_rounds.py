@@ -103,7 +103,8 @@ def test_a_later_round_refuses_what_it_cannot_continue_in_one_line_and_writes_no
 
     proc = run_cli("sweep", "--sweep-dir", tmp_path / "sweep", *ARGS, "--grid", "controller.seed=1,2", "--executor", "slurm",
                    "--profile", PROFILE, check=False)
-    assert proc.returncode == 2 and "submit --round R" in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and "each submitted with all its rounds (submit pipeline)" in proc.stderr, proc.stderr
+    assert not (tmp_path / "sweep").exists()
     # the pipeline of every round: round 1 waits for round 0's controller, not for its evaluation
     proc = run_cli("submit", "pipeline", "--run-dir", tmp_path / "planned", "--profile", PROFILE, "--dry-run", *ARGS)
     assert proc.stdout.count("# --- collect ---") == 2 and proc.stdout.index("round 0:") < proc.stdout.index("round 1:")

@@ -40,8 +40,9 @@ class Sweep:
     # --- making and opening ----------------------------------------------------------------------
 
     @classmethod
-    def create(cls, directory: str | Path, cfg: Config, grid_args: list[str], base: str | Path | None = None) -> "Sweep":
-        """A new sweep folder, or the existing one when it was made with the same config, grid and base."""
+    def define(cls, directory: str | Path, cfg: Config, grid_args: list[str], base: str | Path | None = None) -> "Sweep":
+        """The sweep of these settings in `directory`: a new one, or the one saved there when it was made
+        with the same config, grid and base. Nothing is written until `save` (once the sweep is accepted)."""
         directory = Path(directory)
         grid: dict[str, list[str]] = {}
         for item in grid_args:
@@ -64,9 +65,13 @@ class Sweep:
             if changed:
                 raise ConfigError(f"sweep {directory} was made with other settings ({'; '.join(changed)}); "
                                   "use a new sweep folder")
-        if saved != mine:
-            atomic_write(directory / SWEEP_FILE, json.dumps(mine, indent=1).encode())
         return sweep
+
+    def save(self) -> None:
+        """Write the sweep's file (its operational settings may have changed since the last time)."""
+        mine = self._record()
+        if read_json(self.directory / SWEEP_FILE) != mine:
+            atomic_write(self.directory / SWEEP_FILE, json.dumps(mine, indent=1).encode())
 
     @classmethod
     def open(cls, directory: str | Path) -> "Sweep":
@@ -108,6 +113,7 @@ class Sweep:
         from worldmodels.rounds import round_base, round_config, round_path
         from worldmodels.stages import STAGES
 
+        self.save()
         for i, point in enumerate(self.points):
             log.info("sweep: point %d/%d %s", i + 1, len(self.points), point.name)
             cfg = self.config_of(point)
