@@ -214,6 +214,11 @@ def test_a_local_sweep_branches_every_point_and_compare_gives_each_point_its_int
     run_cli("compare", sweep / points[0], sweep / points[1], other, "--out", tmp_path / "grouped")
     grouped = json.loads((tmp_path / "grouped" / "results.json").read_text())
     assert grouped["setting_keys"] == [] and len(grouped["points"]) == 1 and len(grouped["points"][0]["runs"]) == 3
+    # another run seed: the stage seeds that follow it are not listed beside it
+    reseeded = Path(shutil.copytree(sweep / points[0], tmp_path / "reseeded"))
+    (reseeded / "config.yaml").write_text(config.dump(config.load(reseeded / "config.yaml", ["seed=5"])))
+    run_cli("compare", sweep / points[0], sweep / points[1], reseeded, "--out", tmp_path / "reseeded-compare")
+    assert json.loads((tmp_path / "reseeded-compare" / "results.json").read_text())["seed_keys"] == ["controller.seed", "seed"]
     proc = run_cli(*args[:-1], "controller.seed=1,2,3", check=False)  # another grid for the same folder
     assert proc.returncode == 2 and "made with other settings" in proc.stderr
 

@@ -88,6 +88,8 @@ def summarise(runs: list[RunDir]) -> dict[str, Any]:
     varying = [k for k in keys if len({json.dumps(flat.get(k)) for _, flat, _ in finished}) > 1]
     seed_keys = [k for k in varying if k.rpartition(".")[2] == "seed"]
     setting_keys = [k for k in varying if k not in seed_keys]
+    if "seed" in seed_keys:  # a stage's seed that is the run seed in every run (its default) says nothing more
+        seed_keys = [k for k in seed_keys if k == "seed" or any(flat.get(k) != flat["seed"] for _, flat, _ in finished)]
     groups: dict[str, list] = {}
     for run, flat, results in finished:
         label = ", ".join(f"{k}={flat.get(k)}" for k in setting_keys) or "all runs"
