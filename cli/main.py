@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sticky", action="store_true", help="play under the sticky-actions protocol (repeat the previous "
                    "action with probability 0.25) instead of the evaluation's first protocol")
 
-    p = sub.add_parser("submit", help="submit a stage (or `pipeline`: every stage, chained) to Slurm through submitit")
+    p = sub.add_parser("submit", help="submit a stage (or `pipeline`: every stage of every round from --round R on, chained) "
+                       "to Slurm through submitit")
     p.add_argument("stage", metavar="STAGE", help=f"{', '.join(STAGES)} or pipeline")
     _config_args(p)
     p.add_argument("--from", dest="base", type=Path, metavar="BASE", help=FROM_HELP)

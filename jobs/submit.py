@@ -121,66 +121,86 @@ def check_resources(stages: list[str], profile: Profile, container: str | None, 
 
 
 def submit(cfg: Config, run_dir: Path, stages: list[str], profile: Profile, dry_run: bool = False,
-           container: str | None = None, base: Path | None = None, out=sys.stdout,
-           after: str | None = None) -> dict[str, list[str]]:
-    """Submit `stages` in order, each after the previous one (afterok), the first after `after` (a
-    dependency on jobs already submitted: the previous round's); returns their job ids."""
-    from worldmodels.rounds import first_round, previous
-
-    run_dir = run_dir.resolve() if run_dir.is_absolute() else (Path.cwd() / run_dir)
-    writable = first_round(RunDir(run_dir), cfg)  # a later round's jobs read the rounds before it
-    if dry_run:
-        dependency = after
-        for stage in stages:
-            res, tasks = profile.for_stage(stage), array_size(stage, cfg, profile.for_stage(stage))
-            print(f"# --- {stage} ---", file=out)
-            print(sbatch_script(make_executor(stage, res, run_dir, dependency, tasks, container, writable=writable), tasks),
-                  file=out)
-            dependency = f"afterok:<{stage}>"
-        return {}
-    if cfg.rounds.index and after is None:
-        previous(RunDir(run_dir), cfg)  # refused now, not when the job starts
-    info = cluster_info()
-    check_resources(stages, profile, container, info)
-    run = identity.begin(cfg, run_dir, stages[-1], base)
-    own = [stage for stage in stages if run.owner(stage) is run]
-    for stage in sorted(set(stages) - set(own), key=stages.index):
-        print(f"{stage}: reused from {run.owner(stage).path}", file=out)
-    if not own:
-        return {}
-    check_inputs(own[0], run, cfg)
-    submitted: dict[str, list[str]] = {}
-    dependency = after
-    for stage in own:
-        res = profile.for_stage(stage)
-        tasks = array_size(stage, cfg, res)
-        job_args = [(config_lib.to_dict(cfg), str(run_dir), task, tasks) for task in range(tasks)]
-        ids = _submit(stage, res, run_dir, dependency, job_args, info, container, reused_from(run, cfg), writable)
-        submitted[stage] = ids
-        record(run, stage, ids)
-        print(f"{stage}: submitted {', '.join(ids)}", file=out)
-        dependency = afterok(ids)
-    return submitted
+           container: str | None = None, base: Path | None = None, out=sys.stdout) -> dict[str, list[str]]:
+    """Submit `stages` of the run in `run_dir` in order, each after the one before (afterok), but for
+    those it reuses or has finished; returns their job ids."""
+    return _submit_runs([(cfg, run_dir, base)], stages, profile, dry_run, container, out)[0]
 
 
 def submit_rounds(cfg: Config, root: Path, profile: Profile, dry_run: bool = False, container: str | None = None,
-                  base: Path | None = None, out=sys.stdout) -> dict[int, dict[str, list[str]]]:
+                  base: Path | None = None, out=sys.stdout) -> list[dict[str, list[str]]]:
     """`submit pipeline`: every stage of round `cfg.rounds.index` and of each round after it, in the
-    run directory `root` (round 0's; `base`: BASE's round 0). Round k+1 waits for round k's
-    CONTINUES job only, so it runs beside round k's evaluation; returns the job ids per round."""
-    from worldmodels.rounds import CONTINUES, round_base, round_config, round_path
+    run directory `root` (round 0's; `base`: BASE's round 0); returns the job ids of each round."""
+    from worldmodels.rounds import round_base, round_config, round_path
 
-    submitted: dict[int, dict[str, list[str]]] = {}
-    after = None
-    for k in range(cfg.rounds.index, cfg.rounds.count):
-        if cfg.rounds.count > 1:
-            print(f"round {k}:", file=out)
-        submitted[k] = submit(round_config(cfg, k), round_path(root, k), list(STAGES), profile, dry_run, container,
-                              round_base(base, k), out, after=after)
-        if dry_run:
-            after = f"afterok:<round {k} {CONTINUES}>"
-        else:  # a reused CONTINUES has finished: the next round need not wait
-            after = afterok(submitted[k][CONTINUES]) if CONTINUES in submitted[k] else None
+    rounds = [(round_config(cfg, k), round_path(root, k), round_base(base, k)) for k in range(cfg.rounds.index, cfg.rounds.count)]
+    return _submit_runs(rounds, list(STAGES), profile, dry_run, container, out)
+
+
+def _submit_runs(runs: list[tuple[Config, Path, Path | None]], stages: list[str], profile: Profile, dry_run: bool,
+                 container: str | None, out) -> list[dict[str, list[str]]]:
+    """Submit `stages` of each of `runs` (config, run directory, base: consecutive rounds of one run).
+    Every run is opened (its identities checked and recorded) before the first job is submitted, so a
+    refusal submits nothing. In a run, each stage waits for the one before; in a later round, a stage
+    that reads the round before (worldmodels.rounds.WAITS_FOR_PREVIOUS) also waits for that stage there."""
+    from worldmodels.rounds import WAITS_FOR_PREVIOUS, first_round, previous
+
+    runs = [(cfg, run_dir.resolve() if run_dir.is_absolute() else Path.cwd() / run_dir, base) for cfg, run_dir, base in runs]
+
+    def heading(cfg: Config) -> None:
+        if len(runs) > 1:
+            print(f"round {cfg.rounds.index}:", file=out)
+
+    def waits(i: int, stage: str, before: list[str], submitted: list[dict[str, list[str]]]) -> str | None:
+        ids = before + (submitted[i - 1].get(WAITS_FOR_PREVIOUS[stage], []) if i and stage in WAITS_FOR_PREVIOUS else [])
+        return afterok(ids) if ids else None
+
+    if dry_run:  # every stage of every run, as if none had begun; job ids named <round stage>
+        names: list[dict[str, list[str]]] = []
+        for i, (cfg, run_dir, _) in enumerate(runs):
+            heading(cfg)
+            names.append({stage: [f"<round {cfg.rounds.index} {stage}>"] for stage in stages})
+            before: list[str] = []
+            for stage in stages:
+                res, tasks = profile.for_stage(stage), array_size(stage, cfg, profile.for_stage(stage))
+                executor = make_executor(stage, res, run_dir, waits(i, stage, before, names), tasks, container,
+                                         writable=first_round(RunDir(run_dir), cfg))
+                print(f"# --- {stage} ---", file=out)
+                print(sbatch_script(executor, tasks), file=out)
+                before = [f"<{stage}>"]
+        return [{} for _ in runs]
+    first_cfg, first_dir, _ = runs[0]
+    if first_cfg.rounds.index:
+        previous(RunDir(first_dir), first_cfg)  # refused now, not when the job starts
+    info = cluster_info()
+    check_resources(stages, profile, container, info)
+    opened = []
+    for cfg, run_dir, base in runs:
+        run = identity.begin(cfg, run_dir, stages[-1], base)
+        notes = [f"{stage}: reused from {run.owner(stage).path}" for stage in stages if run.owner(stage) is not run]
+        todo = [stage for stage in stages if run.owner(stage) is run and not identity.finished(run, stage, cfg)]
+        notes += [f"{stage}: finished already, not submitted" for stage in stages if run.owner(stage) is run and stage not in todo]
+        if todo:
+            check_inputs(todo[0], run, cfg)
+        opened.append((cfg, run, todo, notes))
+    submitted: list[dict[str, list[str]]] = []
+    for i, (cfg, run, todo, notes) in enumerate(opened):
+        heading(cfg)
+        for note in notes:
+            print(note, file=out)
+        writable = first_round(run, cfg)  # a later round's jobs read the rounds before it
+        ids_of: dict[str, list[str]] = {}
+        before: list[str] = []
+        for stage in todo:
+            res = profile.for_stage(stage)
+            tasks = array_size(stage, cfg, res)
+            job_args = [(config_lib.to_dict(cfg), str(run.path), task, tasks) for task in range(tasks)]
+            ids = _submit(stage, res, run.path, waits(i, stage, before, submitted), job_args, info, container,
+                          reused_from(run, cfg), writable)
+            ids_of[stage] = before = ids
+            record(run, stage, ids)
+            print(f"{stage}: submitted {', '.join(ids)}", file=out)
+        submitted.append(ids_of)
     return submitted
 
 

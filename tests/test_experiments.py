@@ -128,6 +128,9 @@ def test_from_a_missing_unfinished_or_older_base_is_refused(base, tmp_path):
         assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
 
     refused(tmp_path / "nothing", "not a run directory")
+    proc = run_cli("sweep", "--config", SMOKE, "--sweep-dir", tmp_path / "sweep", "--from", tmp_path / "nothing",
+                   "--grid", "controller.seed=1,2", check=False)
+    assert proc.returncode == 2 and "not a run directory" in proc.stderr and not (tmp_path / "sweep").exists()
     partial = tmp_path / "partial"
     run_cli("collect", "--config", SMOKE, "--run-dir", partial)
     refused(partial, "its train-vae has this identity but is not finished")

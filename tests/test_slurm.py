@@ -247,17 +247,35 @@ def test_submit_pipeline_runs_every_stage_of_every_round_through_dependencies(cl
                    "evaluate.videos=0", check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count(": submitted") == 2 * len(REGISTRY) and "round 1:" in proc.stdout
-    # round 1 starts once round 0's controller is trained, beside round 0's evaluation
-    controller = job_ids(run, "train-controller")[0]
-    assert f"afterok:{controller}" in scontrol(job_ids(later, "collect")[0]).get("Dependency", "") or \
-        scontrol(controller).get("JobState") == "COMPLETED"
+    # round 1 starts once round 0's controller is trained, beside round 0's evaluation; its evaluation
+    # waits for round 0's (whose baseline scores it takes) and for its own controller
+    controller, evaluate = job_ids(run, "train-controller")[0], job_ids(run, "evaluate")[0].split("_")[0]
+    assert re.fullmatch(rf"afterok:{controller}\(\w+\)", scontrol(job_ids(later, "collect")[0])["Dependency"])
+    waits = re.findall(r"afterok:(\d+)", scontrol(job_ids(later, "evaluate")[0])["Dependency"])
+    assert sorted(waits) == sorted([evaluate, job_ids(later, "train-controller")[0]])
     ids = [i for r in (run, later) for stage in REGISTRY for i in job_ids(r, stage)]
     wait_done(run, ids, timeout=900)
+    assert "baseline episodes taken from" in "".join(log_text(later, i) for i in job_ids(later, "evaluate"))
     for r in (run, later):
         assert json.loads((r / "eval" / "results.json").read_text())["episodes"] == 4
         assert (r / "report" / "index.html").is_file()
     status = run_cli("status", run).stdout
     assert "round 1: run" in status and len(re.findall(r"report +done", status)) == 2, status
+    jobs = [(r / "slurm" / "jobs.json").read_text() for r in (run, later)]
+    again = run_cli("submit", "pipeline", "--config", SMOKE, "--run-dir", run, "--profile", LOCAL, "rounds.count=2",
+                    "evaluate.videos=0")
+    assert again.stdout.count("finished already, not submitted") == 2 * len(REGISTRY) and "submitted" not in \
+        again.stdout.replace("not submitted", "")
+    assert [(r / "slurm" / "jobs.json").read_text() for r in (run, later)] == jobs
+    # a later round refused (here: its directory cannot be made) is refused before any round's jobs are submitted
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "rounds").write_text("a file where round 1's folder would go")
+    before = subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout
+    refused = run_cli("submit", "pipeline", "--config", SMOKE, "--run-dir", fresh, "--profile", LOCAL, "rounds.count=2",
+                      check=False)
+    assert refused.returncode == 2 and "rounds/1 is not writable" in refused.stderr and "submitted" not in refused.stdout
+    assert not (fresh / "slurm").exists() and subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout == before
 
 
 def test_an_array_larger_than_max_array_size_is_chunked(cluster, tmp_path, monkeypatch):

@@ -97,7 +97,7 @@ def begin(cfg: Config, run_dir: str | Path, stage: str, base: str | Path | None 
     """Open `run_dir` for `stage` under `cfg`: check (or record) the identity of the stage and of
     every stage it reads from, reusing BASE's finished stages where they match; save the config."""
     run = RunDir(run_dir)
-    base_run = _base(Path(base)) if base is not None else None
+    base_run = open_base(Path(base)) if base is not None else None
     decided: dict[str, dict[str, Any]] = {}  # written only once every stage of the chain is accepted
     for name in chain(stage):
         record = _decide(cfg, run, name, base_run, decided)
@@ -173,7 +173,8 @@ def _writable(run_dir: Path) -> RunDir:
     return RunDir(run_dir)
 
 
-def _base(path: Path) -> RunDir:
+def open_base(path: Path) -> RunDir:
+    """The run `--from path` names, or a clear error when it is not one this version can reuse."""
     base = RunDir(path)
     if not base.config_file.is_file():
         raise DataError(f"--from {path}: not a run directory (no {base.config_file.name})")

@@ -33,9 +33,12 @@ if TYPE_CHECKING:
     from worldmodels.dataset import EpisodeStore
 
 FOLDER = "rounds"
-# the last stage of round k-1 that round k reads (its controller plays round k's collect); round k can
-# start once it has finished, beside round k-1's evaluate and report
+# the last stage of round k-1 that round k trains from (its controller plays round k's collect)
 CONTINUES = "train-controller"
+# on Slurm, the stages of round k that wait for a stage of round k-1 (besides the stage before them):
+# collect for CONTINUES, so that round k runs beside round k-1's evaluation; evaluate for round k-1's
+# evaluate, since it takes round 0's baseline scores and its report shows every round's score
+WAITS_FOR_PREVIOUS = {"collect": CONTINUES, "evaluate": "evaluate"}
 
 
 def round_path(run_dir: str | Path, k: int) -> Path:

@@ -52,6 +52,10 @@ class Sweep:
             if key in grid:
                 raise ConfigError(f"grid key '{key}' is given twice")
             grid[key] = values.split(",")
+        if base is not None:
+            from worldmodels.identity import open_base
+
+            open_base(Path(base))  # refused before the sweep's folder is made
         sweep = cls(directory, cfg, grid, Path(base).resolve() if base is not None else None)
         for point in sweep.points:  # every point's config must be valid before anything is written
             sweep.config_of(point)
