@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         print(" ".join(map(str, range(resolve_config(args, None).rounds.count))))
         return 0
     cfg = resolve_config(args, args.run_dir)
-    root, root_base = args.run_dir, args.base  # round 0's, before --round moves them
+    root, root_base = args.run_dir, getattr(args, "base", None)  # round 0's, before --round moves them
     if getattr(args, "round", 0):  # round R is a run directory of its own under round 0's (worldmodels.rounds)
         from worldmodels.rounds import round_base, round_config, round_path
 
