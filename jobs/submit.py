@@ -6,8 +6,8 @@ episodes (chunked below the cluster's MaxArraySize), one job of nodes x tasks MP
 `srun --mpi=pmix`, or one plain job. Jobs ask Slurm to requeue them; SIGUSR2 before a preemption or
 the time limit makes the stage save and requeue itself (see jobs/entries.py). `pipeline` submits
 every stage at once, each depending (afterok) on the one before, and with `rounds.count` > 1 every
-round from `--round R` on, each round's first job waiting for the stage it continues from the round
-before (worldmodels.rounds.CONTINUES). A branch (`--from BASE`) submits
+round from `--round R` on, a later round's stages also waiting for the stages of the round before
+that they read (worldmodels.rounds.WAITS_FOR_PREVIOUS). A branch (`--from BASE`) submits
 only the stages it does not reuse. A sweep submits one array per stage across all the points that
 need it, chained the same way. Run directories and their stage records are written before anything
 is submitted, and the job ids are kept in RUN_DIR/slurm/jobs.json for `status`. With a container
@@ -177,9 +177,10 @@ def _submit_runs(runs: list[tuple[Config, Path, Path | None]], stages: list[str]
     opened = []
     for cfg, run_dir, base in runs:
         run = identity.begin(cfg, run_dir, stages[-1], base)
-        notes = [f"{stage}: reused from {run.owner(stage).path}" for stage in stages if run.owner(stage) is not run]
-        todo = [stage for stage in stages if run.owner(stage) is run and not identity.finished(run, stage, cfg)]
-        notes += [f"{stage}: finished already, not submitted" for stage in stages if run.owner(stage) is run and stage not in todo]
+        own = [stage for stage in stages if run.owner(stage) is run]
+        todo = [stage for stage in own if not identity.finished(run, stage, cfg)]
+        notes = [f"{stage}: reused from {run.owner(stage).path}" for stage in stages if stage not in own]
+        notes += [f"{stage}: finished already, not submitted" for stage in own if stage not in todo]
         if todo:
             check_inputs(todo[0], run, cfg)
         opened.append((cfg, run, todo, notes))
