@@ -86,7 +86,7 @@ export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 # Every stage of the registry in order (`python -m worldmodels stages --plain`), each the way it runs:
 # task stages as JOBS parallel tasks (then once more to confirm the whole), MPI stages as JOBS ranks;
 # with rounds.count > 1, all of them once per round (`python -m worldmodels rounds`).
-demo: $(HOST_SETUP) ## run the whole pipeline on configs/demo.yaml into a fresh run directory (about 20 min on 2 cores)
+demo: $(HOST_SETUP) ## run the whole pipeline on configs/demo.yaml into a fresh run directory (9 to 20 min on 2 cores, by the machine)
 	@mkdir -p $(DEMO_DIR) $(if $(filter runs/demo-%,$(DEMO_DIR)),&& ln -sfn "$(abspath $(DEMO_DIR))" runs/latest)
 	@set -e; start=$$(date +%s); wm="$(call PYTHON_IN,$(DEMO_DIR)) -m worldmodels"; \
 	tasks() { for t in $$(seq 0 $$(($(JOBS) - 1))); do OMP_NUM_THREADS=1 $$wm $$1 $$args --task $$t --num-tasks $(JOBS) & done; \
