@@ -27,8 +27,8 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 CPU_CHUNK = 8  # rows per call of the models on a CPU (see in_fixed_chunks)
 
 
-def in_fixed_chunks(fn: Callable[..., Any], *rows: torch.Tensor) -> Any:
-    """`fn(*rows)`, computed on a CPU in chunks of exactly CPU_CHUNK rows (the last one padded with zeros).
+def in_fixed_chunks(fn: Callable[..., Any], *rows: torch.Tensor, chunk: int = CPU_CHUNK) -> Any:
+    """`fn(*rows)`, computed on a CPU in chunks of exactly `chunk` rows (the last one padded with zeros).
 
     oneDNN and MKL pick their kernels by batch size, so a frame encoded in a batch of 25 can come
     out different in the last bit from the same frame in a batch of 64, which now and then flips
@@ -41,10 +41,10 @@ def in_fixed_chunks(fn: Callable[..., Any], *rows: torch.Tensor) -> Any:
     n = rows[0].shape[0]
     if rows[0].device.type != "cpu":
         return fn(*rows)
-    pad = -n % CPU_CHUNK
+    pad = -n % chunk
     if pad:
         rows = tuple(torch.cat([r, r.new_zeros((pad, *r.shape[1:]))]) for r in rows)
-    outs = [fn(*(r[i:i + CPU_CHUNK] for r in rows)) for i in range(0, n + pad, CPU_CHUNK)]
+    outs = [fn(*(r[i:i + chunk] for r in rows)) for i in range(0, n + pad, chunk)]
     if isinstance(outs[0], tuple):
         return tuple(torch.cat(parts)[:n] for parts in zip(*outs))
     return torch.cat(outs)[:n]
