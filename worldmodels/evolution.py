@@ -41,9 +41,9 @@ from worldmodels.tracking import Tracker, log
 STAGE = "train-controller"
 # Rows per dream step on a CPU. Without fixed chunks, the CPU kernels chosen for M's step by batch
 # size made a dream's return differ in the last bits with how episodes were split over ranks
-# (seen on an AVX-512 CPU). M's step is all a dream does, so its chunks are larger than the real game's (8, where
-# the emulator dominates): on 2 cores, 1,024 dreams ran 16k steps/s in chunks of 8, 81k in
-# chunks of 64 and 100k as one batch.
+# (seen on an AVX-512 CPU). M's step is all a dream does, so its chunks are larger than the real
+# game's (8, where the emulator dominates): on 2 cores, 1,024 dreams ran 16k steps/s in chunks
+# of 8, 81k in chunks of 64 and 100k as one batch.
 DREAM_CHUNK = 64
 
 
