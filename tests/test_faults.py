@@ -10,10 +10,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import SMOKE, assert_same_store, cli_env, run_cli, start_cli
-from worldmodels.dataset import EpisodeStore
+from worldmodels.checkpoint import Checkpointer
+from worldmodels.dataset import EpisodeStore, Field
+from worldmodels.files import atomic_write
+from worldmodels.rundir import RunDir
+from worldmodels.zarr_internals import ChunkWriter
 
 LONG_COLLECT = ["collect.episodes=20", "env.max_steps=300"]  # about 7 MB of rollouts, 8 s
 
@@ -174,12 +179,34 @@ def test_a_run_directory_made_read_only_or_removed_mid_stage_is_one_line(tmpfs, 
     gone = tmp_path / "gone"
     proc = start_cli("collect", "--config", SMOKE, "--run-dir", gone, *LONG_COLLECT)
     wait_for(lambda: committed(gone) >= 2, proc)
-    shutil.rmtree(gone, ignore_errors=True)
+    # moved out of the way in one step, then deleted: `rm -rf` alone races the stage's writes,
+    # which may land in a folder it has not emptied yet and so keep that folder
+    gone.rename(tmp_path / "deleted")
+    shutil.rmtree(tmp_path / "deleted")
     out, err = proc.communicate(timeout=120)
     error = one_error_line(subprocess.CompletedProcess(args, proc.returncode, out, err))
     assert "vanished" in error and str(gone) in error
     time.sleep(0.5)
     assert not gone.exists()  # nothing recreated it
+
+
+def test_every_write_of_a_running_stage_fails_rather_than_recreate_a_removed_run_directory(tmp_path):
+    """What the test above can only catch by chance (a removal between a stage's look and its
+    write), forced: each kind of write a running stage makes, into a run directory removed first."""
+    run = RunDir(tmp_path / "run")
+    store = EpisodeStore.create(run.path / "data" / "rollouts.zarr", fields={"actions": Field("int64")},
+                                episodes=2, slot=8, chunk_steps=4, attrs={})
+    writer = ChunkWriter(store.array("actions"))
+    saver = Checkpointer(run.checkpoints("train-vae"), every_steps=1, every_s=0, keep=1, root=run.path)
+    shutil.rmtree(run.path)
+    writes = {"a dataset chunk": lambda: writer.write(1, np.zeros(writer.rows, np.int64)),
+              "a stage state": lambda: run.write_state("collect", "running"),
+              "a checkpoint": lambda: saver.save(1, {"w": 1}),
+              "a file below the run": lambda: atomic_write(run.path / "a" / "b.json", b"{}", root=run.path)}
+    for what, write in writes.items():
+        with pytest.raises(FileNotFoundError):
+            write()
+        assert not run.path.exists(), f"{what} recreated the run directory"
 
 
 def test_a_chunk_damaged_under_a_training_stage_stops_it_in_one_line_naming_the_chunk(tmp_path):

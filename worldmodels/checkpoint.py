@@ -26,10 +26,12 @@ log = logging.getLogger("worldmodels")
 
 
 class Checkpointer:
-    """Saves a stage's state every `every_steps` steps or `every_s` seconds, keeping the last `keep`."""
+    """Saves a stage's state every `every_steps` steps or `every_s` seconds, keeping the last `keep`.
+    `root`, when given, is the run directory: a save never recreates it once it was removed."""
 
-    def __init__(self, directory: str | Path, *, every_steps: int, every_s: float, keep: int):
-        self.directory = Path(directory)
+    def __init__(self, directory: str | Path, *, every_steps: int, every_s: float, keep: int,
+                 root: Path | None = None):
+        self.directory, self.root = Path(directory), root
         self.every_steps, self.every_s, self.keep = every_steps, every_s, keep
         self._last_save = time.monotonic()
 
@@ -40,7 +42,7 @@ class Checkpointer:
     def save(self, step: int, state: dict[str, Any], summary: dict[str, Any] | None = None) -> Path:
         """Write checkpoint `step` atomically, then its marker (with `summary`, readable without
         torch), then prune all but the last `keep`."""
-        path = save_file(self.directory / f"step-{step:09d}.pt", state, {"step": step, **(summary or {})})
+        path = save_file(self.directory / f"step-{step:09d}.pt", state, {"step": step, **(summary or {})}, root=self.root)
         self._last_save = time.monotonic()
         for old in self.steps()[: -self.keep]:
             (self.directory / f"step-{old:09d}.json").unlink(missing_ok=True)
@@ -91,15 +93,17 @@ class Checkpointer:
                 part.replace(part.with_name(part.name + ".corrupt"))
 
 
-def save_file(path: str | Path, state: dict[str, Any], summary: dict[str, Any] | None = None) -> Path:
-    """Write `state` to `path` atomically, then its marker (size, sha256 and `summary`) beside it."""
+def save_file(path: str | Path, state: dict[str, Any], summary: dict[str, Any] | None = None, *,
+              root: Path | None = None) -> Path:
+    """Write `state` to `path` atomically, then its marker (size, sha256 and `summary`) beside it;
+    `root` as in files.atomic_write."""
     path = Path(path)
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
-    atomic_write(path, data)
+    atomic_write(path, data, root=root)
     marker = {**(summary or {}), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    atomic_write(path.with_suffix(".json"), json.dumps(marker).encode())
+    atomic_write(path.with_suffix(".json"), json.dumps(marker).encode(), root=root)
     return path
 
 

@@ -94,7 +94,7 @@ def evaluate(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1
     todo = {part: [k for k in owned if k not in scored.get(part, {})] for part, _, _ in parts}
     for part, found in _take_baselines(cfg, run, todo).items():  # this task's part holds them from now on
         mine[part].update({str(k): score for k, score in found.items()})
-        atomic_write(_part_path(run, part, task, num_tasks), json.dumps(mine[part]).encode())
+        atomic_write(_part_path(run, part, task, num_tasks), json.dumps(mine[part]).encode(), root=run.path)
         todo[part] = [k for k in todo[part] if k not in found]
     total = len(owned) * len(parts)
     # one policy per name for every protocol, batched for its largest share
@@ -112,7 +112,7 @@ def evaluate(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1
 
             def done(played, part=part, path=path) -> None:
                 mine[part][str(played.job.k)] = played.ret
-                atomic_write(path, json.dumps(mine[part]).encode())
+                atomic_write(path, json.dumps(mine[part]).encode(), root=run.path)
                 tracker.advance(1, **{f"evaluate/{part}": played.ret})
 
             batch = min(batches[name], len(todo[part]))

@@ -154,7 +154,8 @@ def _train(cfg: Config, run: RunDir, group) -> dict[str, Any]:
     size = controller_size(cfg.vae.z_size, mdnrnn.hidden, mdnrnn.actions, c.inputs)
     starts = run.start_latents() if c.mode == "dream" else None
     workers = list(range(group.size)) if c.master_evaluates or group.size == 1 else list(range(1, group.size))
-    ckpt = Checkpointer(run.checkpoints(STAGE), every_steps=1, every_s=1e9, keep=cfg.train.keep_checkpoints)
+    ckpt = Checkpointer(run.checkpoints(STAGE), every_steps=1, every_s=1e9, keep=cfg.train.keep_checkpoints,
+                        root=run.path)
 
     state = None
     if group.rank == 0:

@@ -133,7 +133,10 @@ def _renew(path: Path, name: str, me: dict[str, Any], stop: threading.Event) -> 
             log.error("%s: its lease %s was taken over by another process (this one was stopped for more than "
                       "%.0f s?); stopping at once, writing nothing more", name, path, EXPIRES_S)
             os._exit(LOST_EXIT_CODE)
-        atomic_write(path, json.dumps({**me, "renewed": time.time()}).encode())
+        try:
+            atomic_write(path, json.dumps({**me, "renewed": time.time()}).encode(), root=path.parent)
+        except FileNotFoundError:  # removed since the look above: the next look says so
+            pass
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -220,7 +220,7 @@ class RunDir:
         record = {"state": state, "host": socket.gethostname(), "pid": os.getpid(), "updated": time.time(), **extra}
         path = self.state_file(stage, task)
         try:
-            atomic_write(path, json.dumps(record).encode())
+            atomic_write(path, json.dumps(record).encode(), root=self.path)
         except OSError as exc:  # a full disk must not keep a failed stage "running"
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not path.is_file():
                 raise

@@ -31,7 +31,7 @@ log = logging.getLogger("worldmodels")
 def checkpointer(cfg: Config, run: RunDir, stage: str) -> Checkpointer:
     return Checkpointer(run.checkpoints(stage),
                         every_steps=cfg.train.checkpoint_every_steps, every_s=cfg.train.checkpoint_every_s,
-                        keep=cfg.train.keep_checkpoints)
+                        keep=cfg.train.keep_checkpoints, root=run.path)
 
 
 class MetricsLog:

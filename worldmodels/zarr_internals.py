@@ -1,8 +1,8 @@
 """The one place that reaches inside zarr (pinned at 3.1.6), for speed its public API does not give.
 
-- `ChunkWriter` writes whole chunks through an array's own codecs and store, synchronously:
-  `AsyncArray.metadata` (codecs, chunk keys, chunk spec), each codec's `_encode_sync`
-  (zarr.abc.codec.SupportsSyncCodec) and `StorePath.set_sync`;
+- `ChunkWriter` writes whole chunks through an array's own codecs into its local store's files,
+  synchronously: `AsyncArray.metadata` (codecs, chunk keys, chunk spec), each codec's
+  `_encode_sync` (zarr.abc.codec.SupportsSyncCodec) and `LocalStore.root`;
 - `read_into` decodes a selection straight into a given numpy array (`out=` of
   `get_basic_selection` wants an NDBuffer, made with `zarr.core.buffer.default_buffer_prototype`);
 - `chunk_key` names a chunk's file (`AsyncArray.metadata.encode_chunk_key`), to tell a chunk that
@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from worldmodels.files import atomic_write
+
 USED = {
     "zarr.core.buffer.default_buffer_prototype": "buffers for decoding into given arrays",
     "zarr.abc.codec.SupportsSyncCodec": "codecs that encode without the event loop",
@@ -26,7 +28,7 @@ USED = {
     "AsyncArray.metadata.encode_chunk_key": "where a chunk is stored",
     "AsyncArray.metadata.get_chunk_spec": "the spec codecs encode a chunk with",
     "AsyncArray.store_path": "the array's place in its store",
-    "StorePath.set_sync": "synchronous chunk writes",
+    "LocalStore.root": "the folder of a local store, where chunk files are written",
     "Codec._encode_sync": "synchronous encoding",
 }
 
@@ -50,10 +52,11 @@ class ChunkWriter:
     An episode commit is a dozen whole-chunk writes. Through zarr's array API each costs about
     0.7 ms of event-loop round trips, thread hand-offs and read-modify-write checks, more than
     compressing a 1.5 MB frame chunk. A whole chunk needs none of that: it is encoded by the
-    array's codecs' synchronous encoders (zarr.abc.codec.SupportsSyncCodec) and stored by the
-    store's set_sync, which writes a temporary file and renames it into place. The files are the
-    ones zarr writes with `write_empty_chunks`: a chunk of zeros is stored too, so that a missing
-    chunk file always means damage.
+    array's codecs' synchronous encoders (zarr.abc.codec.SupportsSyncCodec) and written to a
+    temporary file renamed into place, as the store's own set_sync would. The files are the ones
+    zarr writes with `write_empty_chunks`: a chunk of zeros is stored too, so that a missing chunk
+    file always means damage. Unlike set_sync, which makes every missing parent folder, a write
+    into a store removed under it fails rather than recreate the store and its run directory.
     """
 
     def __init__(self, array: Any):
@@ -70,7 +73,10 @@ class ChunkWriter:
                 and all(isinstance(c, SupportsSyncCodec) for c in meta.codecs)):
             raise DataError(f"{array.store_path}: codecs {[type(c).__name__ for c in meta.codecs]} are not "
                             "ones this dataset writes (bytes, then compressors)")
-        self._meta, self._path = meta, array.async_array.store_path
+        self._meta, store_path = meta, array.async_array.store_path
+        if not isinstance(getattr(store_path.store, "root", None), Path):
+            raise DataError(f"{store_path}: chunks are written straight to files, and this store is not a folder")
+        self._directory = store_path.store.root / store_path.path
         self._spec = meta.get_chunk_spec((0,) * len(array.shape), array.config, default_buffer_prototype())
         self.rows: int = array.chunks[0]
 
@@ -82,12 +88,7 @@ class ChunkWriter:
         value = self._spec.prototype.nd_buffer.from_numpy_array(block)
         for codec in self._meta.codecs:
             value = codec._encode_sync(value, self._spec)
-        try:
-            (self._path / key).set_sync(value)
-        except OSError as exc:
-            if exc.filename is None:  # a failed write names no file: name the chunk
-                raise OSError(exc.errno, exc.strerror, f"{self._path}/{key}".removeprefix("file://")) from exc
-            raise
+        atomic_write(self._directory / key, value.as_buffer_like(), root=self._directory, fsync=False)
 
 
 def check() -> None:
@@ -117,9 +118,8 @@ def check() -> None:
                 if not ok:
                     missing.append(name)
             if not missing:
-                path = async_array.store_path
-                if not hasattr(path, "set_sync"):
-                    missing.append("StorePath.set_sync")
+                if not isinstance(getattr(async_array.store_path.store, "root", None), Path):
+                    missing.append("LocalStore.root")
                 if not all(hasattr(codec, "_encode_sync") for codec in meta.codecs):
                     missing.append("Codec._encode_sync")
             if not missing:
