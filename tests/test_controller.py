@@ -165,6 +165,19 @@ def test_dream_rollouts_are_deterministic_and_do_not_depend_on_how_episodes_are_
     assert np.isfinite(other).all()
 
 
+def test_ranks_whose_cpu_kernels_round_differently_are_said_and_recorded(world, tmp_path):
+    """Rank 1 under ATEN_CPU_CAPABILITY=default stands in for a node with another kind of CPU."""
+    run = copy_world(world, tmp_path / "run")
+    stage = [sys.executable, "-m", "worldmodels", "train-controller", "--config", str(SMOKE), "--run-dir", str(run),
+             "controller.generations=1"]
+    proc = subprocess.run(["mpirun", "-n", "1", *stage, ":", "-n", "1", "-x", "ATEN_CPU_CAPABILITY=default", *stage],
+                          capture_output=True, text=True, env={**cli_env(), **MPI_ENV}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "the ranks' CPU kernels round differently" in proc.stderr
+    marker = json.loads((run / "checkpoints" / "controller" / "step-000000001.json").read_text())
+    assert len(marker["kernels"].split("+")) == 2
+
+
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP])
 def test_a_killed_or_hung_rank_makes_the_whole_job_exit_nonzero_promptly(world, tmp_path, how):
     run = copy_world(world, tmp_path / "run")

@@ -20,18 +20,21 @@ from typing import Any
 import torch
 
 from worldmodels.errors import DataError
-from worldmodels.files import atomic_write
+from worldmodels.files import atomic_write, read_json
 
 log = logging.getLogger("worldmodels")
 
 
 class Checkpointer:
     """Saves a stage's state every `every_steps` steps or `every_s` seconds, keeping the last `keep`.
-    `root`, when given, is the run directory: a save never recreates it once it was removed."""
+    `root`, when given, is the run directory: a save never recreates it once it was removed.
+    `kernels`, when given, is the fingerprint of the CPU kernels computing the states
+    (worldmodels.device.cpu_kernels): every marker records it, and resuming from a checkpoint
+    made with other kernels says that the run will not end bitwise as an uninterrupted one."""
 
     def __init__(self, directory: str | Path, *, every_steps: int, every_s: float, keep: int,
-                 root: Path | None = None):
-        self.directory, self.root = Path(directory), root
+                 root: Path | None = None, kernels: str | None = None):
+        self.directory, self.root, self.kernels = Path(directory), root, kernels
         self.every_steps, self.every_s, self.keep = every_steps, every_s, keep
         self._last_save = time.monotonic()
 
@@ -42,7 +45,9 @@ class Checkpointer:
     def save(self, step: int, state: dict[str, Any], summary: dict[str, Any] | None = None) -> Path:
         """Write checkpoint `step` atomically, then its marker (with `summary`, readable without
         torch), then prune all but the last `keep`."""
-        path = save_file(self.directory / f"step-{step:09d}.pt", state, {"step": step, **(summary or {})}, root=self.root)
+        kernels = {"kernels": self.kernels} if self.kernels else {}
+        path = save_file(self.directory / f"step-{step:09d}.pt", state, {"step": step, **kernels, **(summary or {})},
+                         root=self.root)
         self._last_save = time.monotonic()
         for old in self.steps()[: -self.keep]:
             (self.directory / f"step-{old:09d}.json").unlink(missing_ok=True)
@@ -76,10 +81,18 @@ class Checkpointer:
         for step in reversed(steps):
             path = self.directory / f"step-{step:09d}.pt"
             try:
-                return load_file(path, map_location)
+                state = load_file(path, map_location)
             except DataError as exc:
                 log.warning("setting aside %s as corrupt (%s); falling back to the previous one", path.name, exc)
                 self.set_aside(step)
+                continue
+            made = (read_json(path.with_suffix(".json")) or {}).get("kernels")
+            if self.kernels and made and made != self.kernels:
+                log.warning("%s: %s was made where the CPU kernels round differently (kernels %s there, %s here: "
+                            "another kind of CPU, other ONEDNN_MAX_CPU_ISA or ATEN_CPU_CAPABILITY caps, or another "
+                            "number of torch threads); resuming, but from here the artifacts differ in the last bits "
+                            "from an uninterrupted run's", stage, path.name, made, self.kernels)
+            return state
         if steps:
             raise DataError(f"{stage}: none of its {len(steps)} checkpoints in {self.directory} verifies (set aside as "
                             f"*.corrupt); rerun with --restart to train it from the start")

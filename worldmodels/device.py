@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 from typing import Any, Callable
 
 import torch
@@ -48,3 +50,31 @@ def in_fixed_chunks(fn: Callable[..., Any], *rows: torch.Tensor, chunk: int = CP
     if isinstance(outs[0], tuple):
         return tuple(torch.cat(parts)[:n] for parts in zip(*outs))
     return torch.cat(outs)[:n]
+
+
+@functools.cache
+def cpu_kernels() -> str:
+    """A fingerprint of how this machine's CPU kernels round: V and M, in small fixed sizes and
+    fixed weights, run forwards and backwards; 12 hex digits of the sha256 of every output and
+    gradient.
+
+    oneDNN and ATen pick kernels by the CPU's vector instructions (AVX2, AVX-512, ...) and by the
+    caps set in the environment (ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY), and kernels of two
+    kinds round differently: a stage resumed on a CPU of another fingerprint does not end with
+    the artifacts an uninterrupted run makes. The fingerprint says so from the kernels' results
+    themselves, whatever the flags are called. It is computed once per process (about 0.2 s).
+    """
+    from worldmodels.mdnrnn import MDNRNN
+    from worldmodels.vae import ConvVAE
+
+    g = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        vae, mdnrnn = ConvVAE(32), MDNRNN()
+    recon, mu, logvar = vae(torch.rand(CPU_CHUNK, 3, 64, 64, generator=g), torch.randn(CPU_CHUNK, 32, generator=g))
+    *outs, _ = mdnrnn(torch.randn(CPU_CHUNK, 4, 32, generator=g), torch.randint(6, (CPU_CHUNK, 4), generator=g))
+    sum(t.sum() for t in (recon, mu, logvar, *outs)).backward()
+    digest = hashlib.sha256()
+    for t in (recon, mu, logvar, *outs, *(p.grad for p in (*vae.parameters(), *mdnrnn.parameters()))):
+        digest.update(t.detach().numpy().tobytes())
+    return digest.hexdigest()[:12]

@@ -86,17 +86,20 @@ def dream_returns(cfg: Config, mdnrnn, starts: np.ndarray, params: np.ndarray, j
         return np.zeros(0)
     c = cfg.controller
     device = next(mdnrnn.parameters()).device
-    cand = torch.tensor([j[0] for j in jobs], device=device)
-    roll = torch.tensor([j[1] for j in jobs], device=device)
+    n = len(jobs)
+    # on a CPU, rows of candidate 0's first rollout fill the last chunk once, for every step
+    # (cut from the returns), rather than in_fixed_chunks padding it at every step
+    pad = -n % DREAM_CHUNK if device.type == "cpu" else 0
+    cand = torch.tensor([j[0] for j in jobs] + [0] * pad, device=device)
+    roll = torch.tensor([j[1] for j in jobs] + [0] * pad, device=device)
     g = torch.Generator().manual_seed(seeds.seed(cfg, "controller.dream", generation))
     z_size, steps, R = cfg.vae.z_size, c.dream_steps, c.rollouts
     start = torch.from_numpy(starts)[torch.randint(len(starts), (R,), generator=g)]  # [R, 2, z]
     z = (start[:, 0] + torch.exp(0.5 * start[:, 1]) * torch.randn(R, z_size, generator=g)).to(device)[roll]
     weights, biases = unflatten(torch.from_numpy(params).float().to(device), z_size, mdnrnn.hidden, mdnrnn.actions, c.inputs)
     weights, biases = weights[cand], biases[cand]
-    n = len(jobs)
-    h = cell = torch.zeros(n, mdnrnn.hidden, device=device)
-    total, alive = torch.zeros(n, device=device), torch.ones(n, dtype=torch.bool, device=device)
+    h = cell = torch.zeros(n + pad, mdnrnn.hidden, device=device)
+    total, alive = torch.zeros(n + pad, device=device), torch.arange(n + pad, device=device) < n
 
     def step(z, h, cell, weights, biases, gumbel, normal):
         """C acts, M folds the action in and predicts; z_{t+1} sampled from the prediction, and the
@@ -115,7 +118,23 @@ def dream_returns(cfg: Config, mdnrnn, starts: np.ndarray, params: np.ndarray, j
             alive &= ends[roll] >= ending
             if not alive.any():  # (on a GPU, a sync per step: cheap next to the step itself)
                 break
-    return total.double().cpu().numpy()
+    return total[:n].double().cpu().numpy()
+
+
+def _kernels(group, device: torch.device) -> str | None:
+    """The CPU kernels' fingerprints of every rank (worldmodels.device.cpu_kernels), "+"-joined
+    on the master (None elsewhere, and on GPUs); ranks that round differently are said at once."""
+    from worldmodels.device import cpu_kernels
+
+    found = group.gather(cpu_kernels() if device.type == "cpu" else None)
+    if group.rank != 0:
+        return None
+    kinds = {k: [group.hosts[r] for r, f in enumerate(found) if f == k] for k in sorted(set(found) - {None})}
+    if len(kinds) > 1:
+        log.warning("train-controller: the ranks' CPU kernels round differently (%s): an episode's return depends "
+                    "on which rank plays it, so this run is not bitwise the one a single kind of CPU makes",
+                    "; ".join(f"{k} on {', '.join(sorted(set(hosts)))}" for k, hosts in kinds.items()))
+    return "+".join(kinds) or None
 
 
 def es_bytes(es) -> torch.Tensor:
@@ -155,7 +174,7 @@ def _train(cfg: Config, run: RunDir, group) -> dict[str, Any]:
     starts = run.start_latents() if c.mode == "dream" else None
     workers = list(range(group.size)) if c.master_evaluates or group.size == 1 else list(range(1, group.size))
     ckpt = Checkpointer(run.checkpoints(STAGE), every_steps=1, every_s=1e9, keep=cfg.train.keep_checkpoints,
-                        root=run.path)
+                        root=run.path, kernels=_kernels(group, next(mdnrnn.parameters()).device))
 
     state = None
     if group.rank == 0:

@@ -28,10 +28,13 @@ from worldmodels.tracking import Tracker
 log = logging.getLogger("worldmodels")
 
 
-def checkpointer(cfg: Config, run: RunDir, stage: str) -> Checkpointer:
+def checkpointer(cfg: Config, run: RunDir, stage: str, device: torch.device) -> Checkpointer:
+    from worldmodels.device import cpu_kernels
+
     return Checkpointer(run.checkpoints(stage),
                         every_steps=cfg.train.checkpoint_every_steps, every_s=cfg.train.checkpoint_every_s,
-                        keep=cfg.train.keep_checkpoints, root=run.path)
+                        keep=cfg.train.keep_checkpoints, root=run.path,
+                        kernels=cpu_kernels() if device.type == "cpu" else None)
 
 
 class MetricsLog:
@@ -81,7 +84,7 @@ def fit(cfg: Config, run: RunDir, job: Fit) -> int:
     """Train `job.model` to `job.total_steps`, resuming from the newest good checkpoint; returns the step."""
     from worldmodels.identity import digest, identity
 
-    ckpt = checkpointer(cfg, run, job.stage)
+    ckpt = checkpointer(cfg, run, job.stage, next(job.model.parameters()).device)
     own = digest(identity(cfg, job.stage))
     step = 0
     state = ckpt.resume(job.stage)
