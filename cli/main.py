@@ -20,6 +20,7 @@ resume).
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -251,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except WorldModelsError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        # a chunk that fails its checksum ends zarr's read of a selection at once, and the read's
+        # other chunks may still be pending on zarr's event loop when its exit hook stops the loop:
+        # asyncio's "Task was destroyed but it is pending!" would follow the one-line error
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         return 2
     except PermissionError as exc:  # e.g. a colleague's run in a directory this user may not read
         print(f"error: {exc.filename or exc}: permission denied; the run's owner can open it up (its files "
