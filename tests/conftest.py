@@ -25,10 +25,12 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run `python -m worldmodels ARGS` as a user would; returns the finished process."""
+def run_cli(*args: str, check: bool = True, timeout: float = 300, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess:
+    """Run `python -m worldmodels ARGS` as a user would (with `env` added to the environment);
+    returns the finished process."""
     proc = subprocess.run([sys.executable, "-m", "worldmodels", *map(str, args)], capture_output=True,
-                          text=True, env=cli_env(), timeout=timeout)
+                          text=True, env={**cli_env(), **(env or {})}, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"worldmodels {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr}")
     return proc

@@ -2,16 +2,15 @@ import json
 import random
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import SMOKE, cli_env, run_cli, start_cli, assert_same_store, tree_digest
+from conftest import SMOKE, run_cli, start_cli, assert_same_store, tree_digest
 from worldmodels.checkpoint import Checkpointer, load_file, save_file
+from worldmodels.dataset import EpisodeStore
 from worldmodels.stages import chain
 
 STEPS = {"train-vae": ["vae.steps=30"], "train-mdnrnn": ["mdnrnn.steps=40"]}
@@ -261,24 +260,39 @@ def test_identical_runs_write_identical_checkpoint_files_and_encode_knows_v_by_i
     assert tree_digest(run / "data") == before
 
 
-def test_a_resume_where_the_cpu_kernels_round_differently_is_said_and_one_on_the_same_is_not(upstream, tmp_path):
-    """ATEN_CPU_CAPABILITY=default stands in for another kind of CPU: ATen's scalar kernels round
-    differently from its vector ones on every x86 CPU."""
+# ATEN_CPU_CAPABILITY=default stands in for another kind of CPU: ATen's scalar kernels round
+# differently from its vector ones on every x86 CPU
+OTHER_KERNELS = {"ATEN_CPU_CAPABILITY": "default"}
+
+
+def test_a_training_resume_where_the_cpu_kernels_round_differently_is_said_and_one_on_the_same_is_not(upstream, tmp_path):
     run, args = fresh_copy(upstream, tmp_path, "run")
     run_cli("train-mdnrnn", *args)
     directory = run / "checkpoints" / "mdnrnn"
     made = json.loads((directory / "step-000000040.json").read_text())["kernels"]
 
-    def resume_from_step_35(**env):
+    def resume_from_step_35(env=None):
         for part in ("pt", "json"):
             (directory / f"step-000000040.{part}").unlink()
-        proc = subprocess.run([sys.executable, "-m", "worldmodels", "train-mdnrnn", *map(str, args)], capture_output=True,
-                              text=True, env={**cli_env(), **env}, timeout=300, check=True)
-        assert "resuming from step 35" in proc.stderr
-        return proc.stderr, json.loads((directory / "step-000000040.json").read_text())["kernels"]
+        said = run_cli("train-mdnrnn", *args, env=env).stderr
+        assert "resuming from step 35" in said
+        return said, json.loads((directory / "step-000000040.json").read_text())["kernels"]
 
-    said, other = resume_from_step_35(ATEN_CPU_CAPABILITY="default")
+    said, other = resume_from_step_35(OTHER_KERNELS)
     assert other != made and f"step-000000035.pt was made where the CPU kernels round differently (kernels {made} " \
         f"there, {other} here" in said
     said, again = resume_from_step_35()
     assert again == made and "round differently" not in said
+
+
+def test_a_data_stage_resumed_where_the_cpu_kernels_round_differently_says_so(upstream, tmp_path):
+    run, args = fresh_copy(upstream, tmp_path, "run", ("config.yaml", "data", "checkpoints/vae", "state"))
+    latents = EpisodeStore.open(run / "data" / "latents.zarr")
+    made = json.loads((run / "state" / "encode.json").read_text())["kernels"]
+    latents.uncommit(0)
+    assert "round differently" not in run_cli("encode", *args).stderr
+    latents.uncommit(0)
+    said = run_cli("encode", *args, env=OTHER_KERNELS).stderr
+    other = json.loads((run / "state" / "encode.json").read_text())["kernels"]
+    assert other != made and f"encode: the {latents.num_episodes - 1} episodes already done were made where the CPU " \
+        f"kernels round differently (kernels {made} there, {other} here" in said

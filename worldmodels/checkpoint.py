@@ -88,10 +88,9 @@ class Checkpointer:
                 continue
             made = (read_json(path.with_suffix(".json")) or {}).get("kernels")
             if self.kernels and made and made != self.kernels:
-                log.warning("%s: %s was made where the CPU kernels round differently (kernels %s there, %s here: "
-                            "another kind of CPU, other ONEDNN_MAX_CPU_ISA or ATEN_CPU_CAPABILITY caps, or another "
-                            "number of torch threads); resuming, but from here the artifacts differ in the last bits "
-                            "from an uninterrupted run's", stage, path.name, made, self.kernels)
+                from worldmodels.device import kernels_warning
+
+                log.warning(kernels_warning(f"{stage}: {path.name} was made", made, self.kernels))
             return state
         if steps:
             raise DataError(f"{stage}: none of its {len(steps)} checkpoints in {self.directory} verifies (set aside as "

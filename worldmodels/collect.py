@@ -59,6 +59,7 @@ def collect(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1)
 
     Raises Interrupted (after committing whole episodes only) on SIGTERM/SIGUSR2.
     """
+    from worldmodels.device import kernels_on, select_device
     from worldmodels.envs import EnvPool
     from worldmodels.policies import policy_factory
     from worldmodels.rollout import play
@@ -73,8 +74,10 @@ def collect(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1)
     batch = max(1, min(cfg.collect.envs_per_task, len(todo)))
     envs = EnvPool(cfg.env).take(batch)
     policy = make_policy(cfg, envs[0].num_actions, batch)
+    # after round 0 the previous round's V, M and C play: the episodes depend on the CPU kernels
+    kernels = kernels_on(select_device(cfg.train.device)) if cfg.rounds.index > 0 else None
     with Tracker(cfg, run, STAGE, total=len(owned), done=len(owned) - len(todo), unit="episodes",
-                 task=task if num_tasks > 1 else None) as tracker, StopFlag() as stop:
+                 task=task if num_tasks > 1 else None, kernels=kernels) as tracker, StopFlag() as stop:
 
         def commit(played) -> None:
             store.write_episode(played.job.k, played.arrays(), ret=played.ret, seed=played.job.seed)

@@ -78,3 +78,15 @@ def cpu_kernels() -> str:
     for t in (recon, mu, logvar, *outs, *(p.grad for p in (*vae.parameters(), *mdnrnn.parameters()))):
         digest.update(t.detach().numpy().tobytes())
     return digest.hexdigest()[:12]
+
+
+def kernels_on(device: torch.device) -> str | None:
+    """cpu_kernels() for a stage computing on a CPU; None on a GPU, where no bitwise promise is made."""
+    return cpu_kernels() if device.type == "cpu" else None
+
+
+def kernels_warning(what: str, made: str, here: str) -> str:
+    """The warning for work resumed with other CPU kernels than the ones `what` (past tense) was made with."""
+    return (f"{what} where the CPU kernels round differently (kernels {made} there, {here} here: another kind of "
+            "CPU, other ONEDNN_MAX_CPU_ISA or ATEN_CPU_CAPABILITY caps, or another number of torch threads); "
+            "resuming, but from here the artifacts differ in the last bits from an uninterrupted run's")

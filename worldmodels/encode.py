@@ -46,7 +46,7 @@ def encode(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1) 
     """Encode every episode of this task that is not encoded yet; returns a line for people.
 
     In round k of iterative training (worldmodels.rounds) the episodes are those of rounds 0..k, in order."""
-    from worldmodels.device import in_fixed_chunks, select_device
+    from worldmodels.device import in_fixed_chunks, kernels_on, select_device
     from worldmodels.rounds import rollouts as every_round
 
     run = RunDir(run_dir)
@@ -60,7 +60,8 @@ def encode(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1) 
     lengths = store.lengths()
     todo = [k for k in owned if lengths[k] == 0]
     with Tracker(cfg, run, STAGE, total=len(owned), done=len(owned) - len(todo), unit="episodes",
-                 task=task if num_tasks > 1 else None) as tracker, StopFlag() as stop, torch.no_grad():
+                 task=task if num_tasks > 1 else None, kernels=kernels_on(device)) as tracker, StopFlag() as stop, \
+            torch.no_grad():
         for k in todo:
             stop.check()
             source, index, j = where[k]

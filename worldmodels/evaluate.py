@@ -80,6 +80,7 @@ def evaluate(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1
     """Play this task's episodes with every policy; write results.json once all tasks are done.
     Returns a line for people."""
     from worldmodels.controller import controller_size
+    from worldmodels.device import kernels_on
     from worldmodels.envs import EnvPool
     from worldmodels.rollout import play
 
@@ -104,7 +105,7 @@ def evaluate(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1
     # every policy is made before any play: a game without the heuristics' actions fails at once
     policies = {name: _make_policy(cfg, name, solution, world, action_names, batch) for name, batch in batches.items() if batch}
     with Tracker(cfg, run, STAGE, total=total, done=total - sum(map(len, todo.values())), unit="episodes",
-                 task=task if num_tasks > 1 else None) as tracker, StopFlag() as stop, torch.no_grad():
+                 task=task if num_tasks > 1 else None, kernels=kernels_on(next(world[0].parameters()).device)) as tracker, StopFlag() as stop, torch.no_grad():
         for part, protocol, name in parts:
             if not todo[part]:
                 continue

@@ -124,9 +124,9 @@ def dream_returns(cfg: Config, mdnrnn, starts: np.ndarray, params: np.ndarray, j
 def _kernels(group, device: torch.device) -> str | None:
     """The CPU kernels' fingerprints of every rank (worldmodels.device.cpu_kernels), "+"-joined
     on the master (None elsewhere, and on GPUs); ranks that round differently are said at once."""
-    from worldmodels.device import cpu_kernels
+    from worldmodels.device import kernels_on
 
-    found = group.gather(cpu_kernels() if device.type == "cpu" else None)
+    found = group.gather(kernels_on(device))
     if group.rank != 0:
         return None
     kinds = {k: [group.hosts[r] for r, f in enumerate(found) if f == k] for k in sorted(set(found) - {None})}

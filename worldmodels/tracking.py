@@ -17,6 +17,7 @@ from typing import Any
 
 from worldmodels import config as config_lib
 from worldmodels.config import Config
+from worldmodels.files import read_json
 from worldmodels.rundir import RunDir
 
 log = logging.getLogger("worldmodels")
@@ -37,10 +38,13 @@ class Tracker:
     """Progress of one stage (or one task of it) towards `total` units, plus its metrics.
 
     Used as a context manager, it records how the stage ended: done, interrupted or failed.
+    `kernels`: the fingerprint of the CPU kernels a data stage's results depend on
+    (worldmodels.device.kernels_on), kept in its state record; resuming work that other kernels
+    began is warned about. (Training stages keep theirs with their checkpoints.)
     """
 
     def __init__(self, cfg: Config, run: RunDir, stage: str, *, total: int, unit: str,
-                 done: int = 0, task: int | None = None):
+                 done: int = 0, task: int | None = None, kernels: str | None = None):
         setup_logging()
         self.cfg, self.run, self.stage, self.task = cfg, run, stage, task
         self.total, self.unit, self.done = total, unit, done
@@ -53,7 +57,13 @@ class Tracker:
 
             self._bar = tqdm(total=total, initial=done, unit=f" {unit}", desc=self.name, dynamic_ncols=True)
         self._wandb = self._start_wandb()
-        run.write_state(stage, "running", task, done=done, total=total)
+        self._kernels = {"kernels": kernels} if kernels else {}
+        made = (read_json(run.state_file(stage, task)) or {}).get("kernels") if kernels and done else None
+        if made and made != kernels:
+            from worldmodels.device import kernels_warning
+
+            log.warning(kernels_warning(f"{self.name}: the {done} {unit} already done were made", made, kernels))
+        run.write_state(stage, "running", task, done=done, total=total, **self._kernels)
         log.info("%s: %d/%d %s already done", self.name, done, total, unit)
 
     def _start_wandb(self) -> Any:
@@ -87,7 +97,7 @@ class Tracker:
             log.info("%s: %s", self.name, self._progress_line(now))
         if now - self._last_beat >= HEARTBEAT_S:
             self._last_beat = now
-            self.run.write_state(self.stage, "running", self.task, done=self.done, total=self.total)
+            self.run.write_state(self.stage, "running", self.task, done=self.done, total=self.total, **self._kernels)
 
     def log(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Send metrics to wandb at `step` (default: the progress count)."""
@@ -133,7 +143,7 @@ class Tracker:
         if self._bar is not None:
             self._bar.close()
         if not self.run.vanished():  # a removed run directory is not recreated to say so
-            self.run.write_state(self.stage, state, self.task, done=self.done, total=self.total, **extra)
+            self.run.write_state(self.stage, state, self.task, done=self.done, total=self.total, **self._kernels, **extra)
         log.info("%s: %s, %s", self.name, state, self._progress_line(time.monotonic()))
         if self._wandb is not None:
             self._wandb.finish(exit_code=0 if state == "done" else 1)

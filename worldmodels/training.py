@@ -29,12 +29,11 @@ log = logging.getLogger("worldmodels")
 
 
 def checkpointer(cfg: Config, run: RunDir, stage: str, device: torch.device) -> Checkpointer:
-    from worldmodels.device import cpu_kernels
+    from worldmodels.device import kernels_on
 
     return Checkpointer(run.checkpoints(stage),
                         every_steps=cfg.train.checkpoint_every_steps, every_s=cfg.train.checkpoint_every_s,
-                        keep=cfg.train.keep_checkpoints, root=run.path,
-                        kernels=cpu_kernels() if device.type == "cpu" else None)
+                        keep=cfg.train.keep_checkpoints, root=run.path, kernels=kernels_on(device))
 
 
 class MetricsLog:
