@@ -104,8 +104,9 @@ def evaluate(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1
     action_names = next(iter(pools.values())).take(1)[0].action_names
     # every policy is made before any play: a game without the heuristics' actions fails at once
     policies = {name: _make_policy(cfg, name, solution, world, action_names, batch) for name, batch in batches.items() if batch}
+    kernels = kernels_on(next(world[0].parameters()).device)
     with Tracker(cfg, run, STAGE, total=total, done=total - sum(map(len, todo.values())), unit="episodes",
-                 task=task if num_tasks > 1 else None, kernels=kernels_on(next(world[0].parameters()).device)) as tracker, StopFlag() as stop, torch.no_grad():
+                 task=task if num_tasks > 1 else None, kernels=kernels) as tracker, StopFlag() as stop, torch.no_grad():
         for part, protocol, name in parts:
             if not todo[part]:
                 continue
