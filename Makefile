@@ -85,12 +85,14 @@ export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 
 # Every stage of the registry in order (`python -m worldmodels stages --plain`), each the way it runs:
 # task stages as JOBS parallel tasks (then once more to confirm the whole), MPI stages as JOBS ranks;
-# with rounds.count > 1, all of them once per round (`python -m worldmodels rounds`).
+# with rounds.count > 1, all of them once per round (`python -m worldmodels rounds`). Tasks are
+# waited for by pid: bash's `wait -n` fails (127) when they all ended before it, as reused ones do.
 demo: $(HOST_SETUP) ## run the whole pipeline on configs/demo.yaml into a fresh run directory (9 to 20 min on 2 cores, by the machine)
 	@mkdir -p $(DEMO_DIR) $(if $(filter runs/demo-%,$(DEMO_DIR)),&& ln -sfn "$(abspath $(DEMO_DIR))" runs/latest)
 	@set -e; start=$$(date +%s); wm="$(call PYTHON_IN,$(DEMO_DIR)) -m worldmodels"; \
-	tasks() { for t in $$(seq 0 $$(($(JOBS) - 1))); do OMP_NUM_THREADS=1 $$wm $$1 $$args --task $$t --num-tasks $(JOBS) & done; \
-		for t in $$(seq 1 $(JOBS)); do wait -n; done; }; \
+	tasks() { pids=; for t in $$(seq 0 $$(($(JOBS) - 1))); do \
+		OMP_NUM_THREADS=1 $$wm $$1 $$args --task $$t --num-tasks $(JOBS) & pids="$$pids $$!"; done; \
+		for p in $$pids; do wait $$p; done; }; \
 	for round in $$($$wm rounds --config $(CONFIG) $(OVERRIDES)); do \
 	args="--config $(CONFIG) --run-dir $(DEMO_DIR) --round $$round $(FROM_ARG) $(OVERRIDES)"; \
 	for entry in $$($$wm stages --plain | tr ' ' ':'); do stage=$${entry%%:*}; \
