@@ -86,20 +86,17 @@ def dream_returns(cfg: Config, mdnrnn, starts: np.ndarray, params: np.ndarray, j
         return np.zeros(0)
     c = cfg.controller
     device = next(mdnrnn.parameters()).device
-    n = len(jobs)
-    # on a CPU, rows of candidate 0's first rollout fill the last chunk once, for every step
-    # (cut from the returns), rather than in_fixed_chunks padding it at every step
-    pad = -n % DREAM_CHUNK if device.type == "cpu" else 0
-    cand = torch.tensor([j[0] for j in jobs] + [0] * pad, device=device)
-    roll = torch.tensor([j[1] for j in jobs] + [0] * pad, device=device)
+    cand = torch.tensor([j[0] for j in jobs], device=device)
+    roll = torch.tensor([j[1] for j in jobs], device=device)
     g = torch.Generator().manual_seed(seeds.seed(cfg, "controller.dream", generation))
     z_size, steps, R = cfg.vae.z_size, c.dream_steps, c.rollouts
     start = torch.from_numpy(starts)[torch.randint(len(starts), (R,), generator=g)]  # [R, 2, z]
     z = (start[:, 0] + torch.exp(0.5 * start[:, 1]) * torch.randn(R, z_size, generator=g)).to(device)[roll]
     weights, biases = unflatten(torch.from_numpy(params).float().to(device), z_size, mdnrnn.hidden, mdnrnn.actions, c.inputs)
     weights, biases = weights[cand], biases[cand]
-    h = cell = torch.zeros(n + pad, mdnrnn.hidden, device=device)
-    total, alive = torch.zeros(n + pad, device=device), torch.arange(n + pad, device=device) < n
+    n = len(jobs)
+    h = cell = torch.zeros(n, mdnrnn.hidden, device=device)
+    total, alive = torch.zeros(n, device=device), torch.ones(n, dtype=torch.bool, device=device)
 
     def step(z, h, cell, weights, biases, gumbel, normal):
         """C acts, M folds the action in and predicts; z_{t+1} sampled from the prediction, and the
@@ -118,7 +115,7 @@ def dream_returns(cfg: Config, mdnrnn, starts: np.ndarray, params: np.ndarray, j
             alive &= ends[roll] >= ending
             if not alive.any():  # (on a GPU, a sync per step: cheap next to the step itself)
                 break
-    return total[:n].double().cpu().numpy()
+    return total.double().cpu().numpy()
 
 
 def _kernels(group, device: torch.device) -> str | None:

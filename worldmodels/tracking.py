@@ -63,7 +63,7 @@ class Tracker:
             from worldmodels.device import kernels_warning
 
             log.warning(kernels_warning(f"{self.name}: the {done} {unit} already done were made", made, kernels))
-        run.write_state(stage, "running", task, done=done, total=total, **self._kernels)
+        self._write_state("running")
         log.info("%s: %d/%d %s already done", self.name, done, total, unit)
 
     def _start_wandb(self) -> Any:
@@ -97,7 +97,11 @@ class Tracker:
             log.info("%s: %s", self.name, self._progress_line(now))
         if now - self._last_beat >= HEARTBEAT_S:
             self._last_beat = now
-            self.run.write_state(self.stage, "running", self.task, done=self.done, total=self.total, **self._kernels)
+            self._write_state("running")
+
+    def _write_state(self, state: str, **extra: Any) -> None:
+        """This stage's (or task's) state record: its progress, and the kernels doing the work."""
+        self.run.write_state(self.stage, state, self.task, done=self.done, total=self.total, **self._kernels, **extra)
 
     def log(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Send metrics to wandb at `step` (default: the progress count)."""
@@ -143,7 +147,7 @@ class Tracker:
         if self._bar is not None:
             self._bar.close()
         if not self.run.vanished():  # a removed run directory is not recreated to say so
-            self.run.write_state(self.stage, state, self.task, done=self.done, total=self.total, **self._kernels, **extra)
+            self._write_state(state, **extra)
         log.info("%s: %s, %s", self.name, state, self._progress_line(time.monotonic()))
         if self._wandb is not None:
             self._wandb.finish(exit_code=0 if state == "done" else 1)
