@@ -296,6 +296,26 @@ def test_evaluate_refuses_a_controller_of_another_size(world, tmp_path):
     assert (tree_digest(run / "eval") if (run / "eval").exists() else {}) == before
 
 
+def test_selection_under_sticky_actions_rescores_the_same_candidates_in_other_games(world):
+    from worldmodels.distributed import Single
+    from worldmodels.envs import EnvPool
+    from worldmodels.evolution import _select
+    from worldmodels.rundir import RunDir
+
+    # games long enough (150 steps) for a repeated action to change a score, and controllers
+    # without biases, whose actions follow M's h (the smoke V's z hardly changes from frame to frame)
+    base = ["env.max_steps=150", "controller.select=3", "controller.select_rollouts=2"]
+    vae, mdnrnn = RunDir(world).load_world_model(config.load(SMOKE))
+    top = np.random.default_rng(1).normal(size=(8, controller_size(8, 16, 6)))[2:5]
+    top[:, -6:] = 0
+    state = {"top": top, "top_fitness": np.zeros(3)}
+    rescored = {}
+    for protocol in ("null", "sticky"):  # null: the run's own games, v4's here
+        cfg = config.load(SMOKE, [*base, f"controller.select_protocol={protocol}"])
+        rescored[protocol] = _select(cfg, Single(), [0], vae, mdnrnn, state, 2, None, EnvPool(cfg.env))["rescored"]
+    assert rescored["null"] != rescored["sticky"], rescored
+
+
 def test_selection_rescores_the_top_candidates_plays_the_best_and_is_the_same_under_mpirun_and_after_a_cut(world, tmp_path):
     from worldmodels.rundir import controller_from
 

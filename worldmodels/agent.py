@@ -103,7 +103,8 @@ def play(agent: Agent, episodes: int, video: Path | None = None, protocol: str |
     in episode order. With `video`, episode 0 is also recorded there."""
     import torch
 
-    from worldmodels.evaluate import eval_job, protocol_env
+    from worldmodels.config import protocol_env
+    from worldmodels.evaluate import eval_job
     from worldmodels.rollout import play as play_jobs
     from worldmodels.video import record_episode
 

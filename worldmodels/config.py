@@ -166,9 +166,12 @@ class ControllerConfig:
     # After the last generation, the `select` candidates of highest fitness (over every generation)
     # play `select_rollouts` more episodes each, on seeds of their own, and the best of them is the
     # one that plays ("best"): a candidate's fitness from a few rollouts is much luck. 0: the
-    # candidate of highest fitness plays. Real game only.
+    # candidate of highest fitness plays. Real game only. `select_protocol` (PROTOCOLS) plays those
+    # episodes under an evaluation protocol instead of the training games' own: "sticky" chooses the
+    # candidate that best survives sticky actions.
     select: int = 0
     select_rollouts: int = 16
+    select_protocol: str | None = None
     dream_steps: int = 1000  # longest dream (steps)
     seed: int | None = None  # seed of CMA-ES and of the training rollouts (default: the run seed)
 
@@ -184,12 +187,19 @@ class ControllerConfig:
         _check(self.select >= 0, "controller.select", f"must be >= 0, got {self.select}")
         _check(not (self.select and self.mode == "dream"), "controller.select",
                "re-scores candidates in the real game: set it to 0 with controller.mode=dream")
+        _check(self.select_protocol in (None, *PROTOCOLS), "controller.select_protocol",
+               f"must be one of {', '.join(PROTOCOLS)} (or null: the training games' own), got {self.select_protocol!r}")
 
 
 # The evaluation protocols by name: the emulator's repeat-action probability under each. "v4" is
 # SpaceInvadersNoFrameskip-v4's (none: a fixed policy replays at most noop_max different games);
 # "sticky" is Machado et al. (2018)'s 0.25, behind most recent published Atari curves.
 PROTOCOLS = {"v4": 0.0, "sticky": 0.25}
+
+
+def protocol_env(cfg: Config, protocol: str) -> EnvConfig:
+    """The environment config of an evaluation protocol: the run's, with the protocol's sticky actions."""
+    return dataclasses.replace(cfg.env, repeat_action_probability=PROTOCOLS[protocol])
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from worldmodels import seeds
-from worldmodels.config import PROTOCOLS, Config
+from worldmodels.config import PROTOCOLS, Config, protocol_env
 from worldmodels.distributed import task_episodes
 from worldmodels.preemption import StopFlag
 from worldmodels.files import atomic_write
@@ -55,13 +55,6 @@ def _part_path(run: RunDir, part: str, task: int, num_tasks: int) -> Path:
 def _parts(cfg: Config) -> list[tuple[str, str, str]]:
     """(part name, protocol, policy) of every protocol and policy, in the order they are played."""
     return [(f"{protocol}.{name}", protocol, name) for protocol in cfg.evaluate.protocols for name in POLICIES]
-
-
-def protocol_env(cfg: Config, protocol: str):
-    """The environment config of an evaluation protocol: the run's, with the protocol's sticky actions."""
-    import dataclasses
-
-    return dataclasses.replace(cfg.env, repeat_action_probability=PROTOCOLS[protocol])
 
 
 def _make_policy(cfg: Config, name: str, solution: np.ndarray, world, action_names: list[str], batch: int):

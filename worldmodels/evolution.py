@@ -29,7 +29,7 @@ import torch
 
 from worldmodels import cma_internals, seeds
 from worldmodels.checkpoint import Checkpointer
-from worldmodels.config import Config
+from worldmodels.config import Config, protocol_env
 from worldmodels.controller import WorldModelPolicy, act, controller_size, seen, unflatten
 from worldmodels.distributed import share, world
 from worldmodels.envs import EnvPool
@@ -49,9 +49,10 @@ DREAM_CHUNK = 64
 
 def real_returns(cfg: Config, vae, mdnrnn, params: np.ndarray, jobs: list[tuple[int, int]], generation: int,
                  stream: str, stop: StopFlag | None, envs: EnvPool | None = None) -> np.ndarray:
-    """Returns of (candidate, rollout) episodes in the real game, played in lockstep batches (in
-    `envs`, when given: a pool kept from generation to generation); rollout r of a generation is
-    the same game for every candidate, seeded from `stream` (controller.train or controller.rescore)."""
+    """Returns of (candidate, rollout) episodes in the real game of `envs`' config (the run's own
+    when not given), played in lockstep batches (in `envs`: a pool kept from generation to
+    generation); rollout r of a generation is the same game for every candidate, seeded from
+    `stream` (controller.train or controller.rescore)."""
     from worldmodels.rollout import Episode, play
 
     if not jobs:
@@ -64,8 +65,9 @@ def real_returns(cfg: Config, vae, mdnrnn, params: np.ndarray, jobs: list[tuple[
     def done(played) -> None:
         out[played.job.k] = played.ret
 
+    envs = envs or EnvPool(cfg.env)
     with torch.no_grad():
-        play(cfg.env, policy, episodes, done, batch=batch, stop=stop, envs=(envs or EnvPool(cfg.env)).take(batch))
+        play(envs.cfg, policy, episodes, done, batch=batch, stop=stop, envs=envs.take(batch))
     return out
 
 
@@ -282,19 +284,22 @@ def _keep_top(state: dict[str, Any], solutions: np.ndarray, fitness: np.ndarray,
 def _select(cfg: Config, group, workers: list[int], vae, mdnrnn, state, generation: int, stop,
             envs: EnvPool) -> dict[str, Any] | None:
     """Every rank plays its share of the top candidates' `select_rollouts` episodes (the same seeds
-    for every candidate, a stream of their own); rank 0 returns the candidate of highest mean."""
+    for every candidate, a stream of their own; under `select_protocol` when set); rank 0 returns
+    the candidate of highest mean."""
     c = cfg.controller
     top = group.bcast(state["top"] if group.rank == 0 else None)
     jobs = [(i, r) for i in range(len(top)) for r in range(c.select_rollouts)]
+    if c.select_protocol is not None:
+        envs = EnvPool(protocol_env(cfg, c.select_protocol))
     returns = _evaluate_share(cfg, group, workers, vae, mdnrnn, None, top, jobs, generation, "controller.select",
                               stop, envs, mode="real")
     if group.rank != 0:
         return None
     rescored = returns.reshape(len(top), c.select_rollouts).mean(axis=1)
     chosen = int(np.argmax(rescored))
-    log.info("train-controller: of the %d candidates of highest fitness (%s), re-scored on %d episodes each (%s), "
+    log.info("train-controller: of the %d candidates of highest fitness (%s), re-scored on %d episodes each%s (%s), "
              "candidate %d plays", len(top), ", ".join(f"{f:.0f}" for f in state["top_fitness"]), c.select_rollouts,
-             ", ".join(f"{f:.0f}" for f in rescored), chosen)
+             f" under {c.select_protocol}" if c.select_protocol else "", ", ".join(f"{f:.0f}" for f in rescored), chosen)
     return {"chosen": chosen, "fitness": [float(f) for f in state["top_fitness"]], "rescored": [float(f) for f in rescored]}
 
 

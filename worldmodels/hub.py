@@ -76,7 +76,8 @@ def write_folder(cfg: Config, run: RunDir, folder: Path, repo_id: str | None = N
         (folder / "results.json").write_text(json.dumps(results, indent=1))
     replay = run.videos / "controller-episode-0.mp4"
     if not replay.is_file():  # evaluate recorded no video (evaluate.videos=0): record one now
-        from worldmodels.evaluate import eval_job, protocol_env
+        from worldmodels.config import protocol_env
+        from worldmodels.evaluate import eval_job
         from worldmodels.video import record_episode
 
         loaded = agent.Agent.load(folder)
