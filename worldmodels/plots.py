@@ -122,7 +122,8 @@ def plot_dreams(cfg, run: RunDir, mdnrnn, latents, count: int = 4, steps: int = 
 
 
 def plot_fitness(run: RunDir, history: list[dict]) -> Path:
-    """report/controller-fitness.png: best, mean and worst fitness of each CMA-ES generation."""
+    """report/controller-fitness.png: best, mean and worst fitness of each CMA-ES generation (and,
+    with controller.select, the re-scored mean of the candidate that plays)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     gens = [h["generation"] for h in history]
@@ -131,6 +132,9 @@ def plot_fitness(run: RunDir, history: list[dict]) -> Path:
     rescored = [(h["generation"], h["mean_rescored"]) for h in history if "mean_rescored" in h]
     if rescored:
         ax.plot(*zip(*rescored), "o", label="CMA-ES mean, re-scored in the game")
+    selected = [(h["generation"], h["selected_rescored"]) for h in history if "selected_rescored" in h]
+    if selected:
+        ax.plot(*zip(*selected), "*", markersize=10, label="the selected candidate, re-scored")
     ax.set_xlabel("generation")
     ax.set_ylabel("mean return over rollouts")
     ax.legend(fontsize=7)
