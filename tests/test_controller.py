@@ -303,7 +303,8 @@ def test_selection_under_sticky_actions_rescores_the_same_candidates_in_other_ga
     from worldmodels.rundir import RunDir
 
     # games long enough (150 steps) for a repeated action to change a score, and controllers
-    # without biases, whose actions follow M's h (the smoke V's z hardly changes from frame to frame)
+    # without biases, whose actions follow M's h (the smoke V's z hardly changes from frame to frame);
+    # rows 2-4 of the draw include one whose score sticky actions change, most others' they do not
     base = ["env.max_steps=150", "controller.select=3", "controller.select_rollouts=2"]
     vae, mdnrnn = RunDir(world).load_world_model(config.load(SMOKE))
     top = np.random.default_rng(1).normal(size=(8, controller_size(8, 16, 6)))[2:5]
