@@ -24,7 +24,7 @@ import logging
 import sys
 from pathlib import Path
 
-from worldmodels.errors import Interrupted, WorldModelsError
+from worldmodels.errors import Interrupted, WorldModelsError, one_line
 from worldmodels.preemption import REQUEUE_EXIT_CODE
 from worldmodels.pipeline import run_stage
 from worldmodels.rundir import CHECKPOINTS
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except WorldModelsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(one_line(exc), file=sys.stderr)
         # a chunk that fails its checksum ends zarr's read of a selection at once, and the read's
         # other chunks may still be pending on zarr's event loop when its exit hook stops the loop:
         # asyncio's "Task was destroyed but it is pending!" would follow the one-line error

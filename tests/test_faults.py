@@ -124,9 +124,25 @@ def test_a_holder_whose_lease_was_taken_stops_at_once_writing_nothing(tmp_path):
     wait_for(path.is_file, proc)
     taken = {**json.loads(path.read_text()), "token": "another", "pid": 1}
     path.write_text(json.dumps(taken))  # what a takeover after a long stop leaves
-    assert proc.wait(30) == 2
-    assert "was taken over by another process" in proc.stderr.read()
+    error = one_error_line(subprocess.CompletedProcess(code, proc.wait(30), "", proc.stderr.read()))
+    assert "was taken over by another process" in error
     assert json.loads(path.read_text()) == taken  # the new holder's lease is left alone
+
+
+def test_a_holder_whose_run_directory_was_removed_stops_at_once_in_one_line(tmp_path):
+    """The lease's heartbeat may see a removed run directory before the stage's next write does: it
+    ends the process with the same one-line error, and recreates nothing."""
+    run = tmp_path / "run"
+    code = ("import time, worldmodels.lease as lease\n"
+            "lease.HEARTBEAT_S = 0.1\n"
+            f"with lease.hold(__import__('pathlib').Path({str(run / 'state' / 'stage.lease')!r}), 'stage'):\n"
+            "    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=cli_env(), stderr=subprocess.PIPE, text=True)
+    wait_for((run / "state" / "stage.lease").is_file, proc)
+    shutil.rmtree(run)
+    error = one_error_line(subprocess.CompletedProcess(code, proc.wait(30), "", proc.stderr.read()))
+    assert f"{run} vanished while stage ran" in error
+    assert not run.exists()
 
 
 # --- the file system fails under a stage ---------------------------------------------------------

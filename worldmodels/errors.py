@@ -46,6 +46,12 @@ def vanished(path: Path, during: str) -> StorageError:
                         "was written")
 
 
+def one_line(exc: BaseException) -> str:
+    """How a user sees an error: one line on stderr (the CLI's, and a lease's heartbeat that ends the
+    process from its own thread)."""
+    return f"error: {exc}"
+
+
 class Interrupted(Exception):
     """A stage stopped on SIGTERM/SIGUSR2 after saving its progress; rerunning it resumes."""
 

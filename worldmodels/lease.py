@@ -21,13 +21,14 @@ import json
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NoReturn
 
-from worldmodels.errors import DataError
+from worldmodels.errors import DataError, WorldModelsError, one_line, vanished
 from worldmodels.files import atomic_write, read_json
 
 log = logging.getLogger("worldmodels")
@@ -127,16 +128,21 @@ def _alive(pid: int) -> bool:
 def _renew(path: Path, name: str, me: dict[str, Any], stop: threading.Event) -> None:
     while not stop.wait(HEARTBEAT_S):
         if not path.parent.parent.is_dir():  # the run directory was removed: never recreate it
-            log.error("%s: the run directory %s vanished; stopping at once", name, path.parent.parent)
-            os._exit(LOST_EXIT_CODE)
+            _stop(vanished(path.parent.parent, f"{name} ran"))
         if _read(path).get("token") != me["token"]:
-            log.error("%s: its lease %s was taken over by another process (this one was stopped for more than "
-                      "%.0f s?); stopping at once, writing nothing more", name, path, EXPIRES_S)
-            os._exit(LOST_EXIT_CODE)
+            _stop(DataError(f"{name}: its lease {path} was taken over by another process (this one was stopped for "
+                            f"more than {EXPIRES_S:.0f} s?); stopped at once, writing nothing more"))
         try:
             atomic_write(path, json.dumps({**me, "renewed": time.time()}).encode(), root=path.parent)
         except FileNotFoundError:  # removed since the look above: the next look says so
             pass
+
+
+def _stop(error: WorldModelsError) -> NoReturn:
+    """End the process at once from the heartbeat's thread (the main one may be in the middle of a
+    write), with the one-line error the command line gives for the same problem."""
+    print(one_line(error), file=sys.stderr, flush=True)
+    os._exit(LOST_EXIT_CODE)
 
 
 def _read(path: Path) -> dict[str, Any]:
