@@ -24,7 +24,7 @@ import logging
 import sys
 from pathlib import Path
 
-from worldmodels.errors import Interrupted, WorldModelsError, one_line
+from worldmodels.errors import ERROR_EXIT_CODE, Interrupted, WorldModelsError, one_line
 from worldmodels.preemption import REQUEUE_EXIT_CODE
 from worldmodels.pipeline import run_stage
 from worldmodels.rundir import CHECKPOINTS
@@ -256,11 +256,11 @@ def main(argv: list[str] | None = None) -> int:
         # other chunks may still be pending on zarr's event loop when its exit hook stops the loop:
         # asyncio's "Task was destroyed but it is pending!" would follow the one-line error
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-        return 2
+        return ERROR_EXIT_CODE
     except PermissionError as exc:  # e.g. a colleague's run in a directory this user may not read
         print(f"error: {exc.filename or exc}: permission denied; the run's owner can open it up (its files "
               "follow the owner's umask: 002 shares them with the group)", file=sys.stderr)
-        return 2
+        return ERROR_EXIT_CODE
     except Interrupted as exc:
         print(f"{args.command}: {exc}", file=sys.stderr)
         return REQUEUE_EXIT_CODE

@@ -114,17 +114,27 @@ def test_a_lease_held_on_another_node_is_honoured_until_it_expires_or_its_job_is
     assert "not renewed for more than 60 s" in proc.stderr and not lease.exists()
 
 
-def test_a_holder_whose_lease_was_taken_stops_at_once_writing_nothing(tmp_path):
-    path = tmp_path / "state" / "stage.lease"
+def holding_a_lease(path: Path) -> subprocess.Popen:
+    """A process holding the lease at `path` (renewed every 0.1 s) for a minute, once it holds it."""
     code = ("import time, worldmodels.lease as lease\n"
             "lease.HEARTBEAT_S = 0.1\n"
             f"with lease.hold(__import__('pathlib').Path({str(path)!r}), 'stage'):\n"
             "    time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], env=cli_env(), stderr=subprocess.PIPE, text=True)
     wait_for(path.is_file, proc)
+    return proc
+
+
+def finished(proc: subprocess.Popen) -> subprocess.CompletedProcess:
+    return subprocess.CompletedProcess(proc.args, proc.wait(30), "", proc.stderr.read())
+
+
+def test_a_holder_whose_lease_was_taken_stops_at_once_writing_nothing(tmp_path):
+    path = tmp_path / "state" / "stage.lease"
+    proc = holding_a_lease(path)
     taken = {**json.loads(path.read_text()), "token": "another", "pid": 1}
     path.write_text(json.dumps(taken))  # what a takeover after a long stop leaves
-    error = one_error_line(subprocess.CompletedProcess(code, proc.wait(30), "", proc.stderr.read()))
+    error = one_error_line(finished(proc))
     assert "was taken over by another process" in error
     assert json.loads(path.read_text()) == taken  # the new holder's lease is left alone
 
@@ -133,14 +143,9 @@ def test_a_holder_whose_run_directory_was_removed_stops_at_once_in_one_line(tmp_
     """The lease's heartbeat may see a removed run directory before the stage's next write does: it
     ends the process with the same one-line error, and recreates nothing."""
     run = tmp_path / "run"
-    code = ("import time, worldmodels.lease as lease\n"
-            "lease.HEARTBEAT_S = 0.1\n"
-            f"with lease.hold(__import__('pathlib').Path({str(run / 'state' / 'stage.lease')!r}), 'stage'):\n"
-            "    time.sleep(60)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], env=cli_env(), stderr=subprocess.PIPE, text=True)
-    wait_for((run / "state" / "stage.lease").is_file, proc)
+    proc = holding_a_lease(run / "state" / "stage.lease")
     shutil.rmtree(run)
-    error = one_error_line(subprocess.CompletedProcess(code, proc.wait(30), "", proc.stderr.read()))
+    error = one_error_line(finished(proc))
     assert f"{run} vanished while stage ran" in error
     assert not run.exists()
 

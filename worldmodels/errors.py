@@ -46,6 +46,9 @@ def vanished(path: Path, during: str) -> StorageError:
                         "was written")
 
 
+ERROR_EXIT_CODE = 2  # the exit code that goes with the one line
+
+
 def one_line(exc: BaseException) -> str:
     """How a user sees an error: one line on stderr (the CLI's, and a lease's heartbeat that ends the
     process from its own thread)."""

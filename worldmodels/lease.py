@@ -28,14 +28,13 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator, NoReturn
 
-from worldmodels.errors import DataError, WorldModelsError, one_line, vanished
+from worldmodels.errors import ERROR_EXIT_CODE, DataError, WorldModelsError, one_line, vanished
 from worldmodels.files import atomic_write, read_json
 
 log = logging.getLogger("worldmodels")
 
 HEARTBEAT_S = 10.0
 EXPIRES_S = 60.0  # six missed heartbeats
-LOST_EXIT_CODE = 2
 
 
 def lease_file(run_path: Path, stage: str, task: int | None) -> Path:
@@ -142,7 +141,7 @@ def _stop(error: WorldModelsError) -> NoReturn:
     """End the process at once from the heartbeat's thread (the main one may be in the middle of a
     write), with the one-line error the command line gives for the same problem."""
     print(one_line(error), file=sys.stderr, flush=True)
-    os._exit(LOST_EXIT_CODE)
+    os._exit(ERROR_EXIT_CODE)
 
 
 def _read(path: Path) -> dict[str, Any]:
