@@ -145,12 +145,10 @@ def es_bytes(es) -> torch.Tensor:
 def train_controller(cfg: Config, run_dir: str | Path) -> str:
     """Run CMA-ES to cfg.controller.generations (resuming from the newest checkpoint); returns a
     line for people (empty on the ranks other than the master)."""
-    from threadpoolctl import threadpool_limits
-
     group = world()
     try:
-        # one BLAS thread: the same sums under every launcher
-        with threadpool_limits(limits=1, user_api="blas"), group.heartbeat(cfg.controller.heartbeat_s, STAGE):
+        # numpy's BLAS runs on one thread (worldmodels.pipeline): the same sums under every launcher
+        with group.heartbeat(cfg.controller.heartbeat_s, STAGE):
             summary = _train(cfg, RunDir(run_dir), group)
     except (Interrupted, KeyboardInterrupt):
         raise

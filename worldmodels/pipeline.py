@@ -41,7 +41,7 @@ def run_stage(name: str, cfg: Config, run_dir: str | Path, task: int = 0, num_ta
     if run.owner(name) is not run:
         return f"{name}: reused from {run.owner(name).path} (finished there with the same identity)"
     try:
-        with _lease(run, name, task if stage.tasks and num_tasks > 1 else None, job):
+        with _lease(run, name, task if stage.tasks and num_tasks > 1 else None, job), _one_blas_thread():
             if restart:
                 _set_checkpoints_aside(run, name)
             if stage.tasks:
@@ -52,6 +52,19 @@ def run_stage(name: str, cfg: Config, run_dir: str | Path, task: int = 0, num_ta
         if explained is None:
             raise
         raise explained from None
+
+
+def _one_blas_thread():
+    """numpy's (and OpenCV's) BLAS on one thread while a stage runs; torch keeps its own threads.
+
+    - CMA-ES's linear algebra then makes the same sums under every launcher (1 process, MPI ranks).
+    - A stage's only other BLAS work is small: the frame resize is two small products per frame
+      (worldmodels.resize). BLAS threads spinning beside torch's made evaluate 2.4 to 3 times
+      slower on 2 cores, as one process (70 s against 23 s) and as the demo's two tasks alike.
+    """
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 @contextlib.contextmanager
