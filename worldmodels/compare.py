@@ -176,11 +176,11 @@ def _page(summary: dict[str, Any]) -> str:
 
 
 def _plot_scores(summary: dict[str, Any], path: Path) -> None:
-    from worldmodels.plots import pyplot, save_figure
+    from worldmodels.plots import figure, save_figure
 
-    plt = pyplot()
     points = summary["points"]
-    fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(points)), 3.5))
+    fig = figure(figsize=(max(4, 1.6 * len(points)), 3.5))
+    ax = fig.subplots()
     for i, p in enumerate(points):
         ax.errorbar([i], [p["mean"]], yerr=[[p["mean"] - p["ci_low"]], [p["ci_high"] - p["mean"]]], fmt="o", capsize=5,
                     color="C0", label="mean, 95% CI" if i == 0 else None)
@@ -195,10 +195,10 @@ def _plot_scores(summary: dict[str, Any], path: Path) -> None:
 
 
 def _plot_curves(summary: dict[str, Any], path: Path) -> None:
-    from worldmodels.plots import pyplot, save_figure
+    from worldmodels.plots import figure, save_figure
 
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     for i, p in enumerate(summary["points"]):
         c = p["curve"]
         if c["generation"]:
