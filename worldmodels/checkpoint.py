@@ -15,12 +15,13 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from worldmodels.errors import DataError
 from worldmodels.files import atomic_write, read_json
+
+if TYPE_CHECKING:  # torch is imported where a tensor is read or written: `status` lists checkpoints without it
+    import torch
 
 log = logging.getLogger("worldmodels")
 
@@ -109,6 +110,8 @@ def save_file(path: str | Path, state: dict[str, Any], summary: dict[str, Any] |
               root: Path | None = None) -> Path:
     """Write `state` to `path` atomically, then its marker (size, sha256 and `summary`) beside it;
     `root` as in files.atomic_write."""
+    import torch
+
     path = Path(path)
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -121,6 +124,8 @@ def save_file(path: str | Path, state: dict[str, Any], summary: dict[str, Any] |
 
 def load_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load one checkpoint after checking it against its marker; DataError when it does not verify."""
+    import torch
+
     path = Path(path)
     marker_path = path.with_suffix(".json")
     try:
@@ -140,6 +145,8 @@ def model_digest(model: torch.nn.Module) -> str:
     """A digest of a model's parameters and buffers by content (names, dtypes, shapes, values): what
     downstream data records it was made by, so that a bit-identical retrained model still matches
     whatever file, device or torch.save framing it came through."""
+    import torch
+
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
@@ -173,6 +180,8 @@ def rng_state() -> dict[str, Any]:
     """torch's CPU and CUDA random states: the only global generators training draws from (each
     stage seeds them first). Python's and numpy's global states are left out: nothing here draws
     from them, and unseeded they would make two identical runs' checkpoints differ."""
+    import torch
+
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -181,6 +190,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what rng_state saved."""
+    import torch
+
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
