@@ -59,8 +59,9 @@ def _one_blas_thread():
 
     - CMA-ES's linear algebra then makes the same sums under every launcher (1 process, MPI ranks).
     - A stage's only other BLAS work is small: the frame resize is two small products per frame
-      (worldmodels.resize). BLAS threads spinning beside torch's made evaluate 2.4 to 3 times
-      slower on 2 cores, as one process (70 s against 23 s) and as the demo's two tasks alike.
+      (worldmodels.resize). BLAS threads spinning beside torch's made a one-process evaluate 3
+      times slower on 2 cores (70 s against 23 s). Processes started with OMP_NUM_THREADS=1 (the
+      demo's tasks and ranks) had one BLAS thread already: OpenBLAS reads that variable too.
     """
     from threadpoolctl import threadpool_limits
 
