@@ -67,26 +67,47 @@ def test_sampling_is_reproducible_for_given_draws_and_sharpens_at_low_temperatur
     torch.testing.assert_close(cold, best.expand_as(cold), atol=0.05, rtol=0)
 
 
+class _ModelsOnRows:
+    """V's encoder and M's step, with n random frames and LSTM inputs to run them on."""
+
+    def __init__(self, n: int, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        self.vae, self.m = ConvVAE(32).eval(), MDNRNN(32, 6, 256, 5).eval()
+        self.frames = torch.randint(0, 256, (n, 64, 64, 3), dtype=torch.uint8, generator=g)
+        self.x, self.h, self.c = (torch.randn(n, size, generator=g) for size in (38, 256, 256))
+        self.g = g
+
+    def code(self, frames):
+        return self.vae.encode(to_input(frames))[0]
+
+    def step(self, x, h, c):
+        _, (h2, c2) = self.m.lstm(x.unsqueeze(1), (h.unsqueeze(0), c.unsqueeze(0)))
+        return h2[0], c2[0]
+
+
 def test_a_frames_code_and_a_state_do_not_depend_on_the_batch_they_are_computed_in():
     # CPU kernels are chosen by batch size: without fixed chunks these differ in the last bits
     from worldmodels.device import in_fixed_chunks
 
-    g = torch.Generator().manual_seed(0)
-    vae, m = ConvVAE(32).eval(), MDNRNN(32, 6, 256, 5).eval()
-    frames = torch.randint(0, 256, (100, 64, 64, 3), dtype=torch.uint8, generator=g)
-    x, h, c = torch.randn(100, 38, generator=g), torch.randn(100, 256, generator=g), torch.randn(100, 256, generator=g)
-
-    def code(f):
-        return vae.encode(to_input(f))[0]
-
-    def step(x, h, c):
-        _, (h2, c2) = m.lstm(x.unsqueeze(1), (h.unsqueeze(0), c.unsqueeze(0)))
-        return h2[0], c2[0]
-
+    t = _ModelsOnRows(100, 0)
     with torch.no_grad():
-        whole, (wh, wc) = in_fixed_chunks(code, frames), in_fixed_chunks(step, x, h, c)
+        whole, (wh, wc) = in_fixed_chunks(t.code, t.frames), in_fixed_chunks(t.step, t.x, t.h, t.c)
         for size in (1, 7, 25, 64):
-            rows = torch.randperm(100, generator=g)[:size]
-            assert torch.equal(in_fixed_chunks(code, frames[rows]), whole[rows]), size
-            sh, sc = in_fixed_chunks(step, x[rows], h[rows], c[rows])
+            rows = torch.randperm(100, generator=t.g)[:size]
+            assert torch.equal(in_fixed_chunks(t.code, t.frames[rows]), whole[rows]), size
+            sh, sc = in_fixed_chunks(t.step, t.x[rows], t.h[rows], t.c[rows])
             assert torch.equal(sh, wh[rows]) and torch.equal(sc, wc[rows]), size
+
+
+def test_rowwise_gives_the_fixed_chunks_bits_for_every_batch_size():
+    # it computes whole batches only where the CPU's kernels for that size round as the chunks' do
+    from worldmodels.device import _WHOLE, in_fixed_chunks, rowwise
+
+    t = _ModelsOnRows(40, 1)
+    with torch.no_grad():
+        for n in range(1, 41):
+            assert torch.equal(rowwise(t.vae, t.code, t.frames[:n]), in_fixed_chunks(t.code, t.frames[:n])), n
+            rows = (t.x[:n], t.h[:n], t.c[:n])
+            for got, want in zip(rowwise(t.m, t.step, *rows), in_fixed_chunks(t.step, *rows)):
+                assert torch.equal(got, want), n
+    assert len(_WHOLE[t.vae]) == 40 and len(_WHOLE[t.m]) == 40  # one probe per shape, kept with the model

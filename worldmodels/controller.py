@@ -78,19 +78,19 @@ class WorldModelPolicy:
     @torch.no_grad()
     def act(self, obs: np.ndarray, slots: np.ndarray, replace=None) -> np.ndarray:
         """C's actions; `replace(actions)`, when given, may change some before M folds them in (exploration)."""
-        from worldmodels.device import in_fixed_chunks
+        from worldmodels.device import rowwise
         from worldmodels.vae import to_input
 
         idx = torch.from_numpy(slots).to(self.device)
-        # in fixed chunks: an episode's actions never depend on which episodes share its batch
-        z = in_fixed_chunks(lambda frames: self.vae.encode(to_input(frames))[0], torch.from_numpy(obs).to(self.device))
+        # row by row: an episode's actions never depend on which episodes share its batch
+        z = rowwise(self.vae, lambda frames: self.vae.encode(to_input(frames))[0], torch.from_numpy(obs).to(self.device))
         which = self.which[idx]
         actions = act(self.weights[which], self.biases[which], seen(self.inputs, z, self.h[idx], self.c[idx]))
         if replace is not None:
             actions = torch.from_numpy(replace(actions.cpu().numpy())).to(self.device)
         if self.inputs != "z":  # a controller that sees z alone needs no memory: M's step is skipped
             x = torch.cat([z, torch.nn.functional.one_hot(actions, self.mdnrnn.actions).float()], 1)
-            self.h[idx], self.c[idx] = in_fixed_chunks(self._lstm_step, x, self.h[idx], self.c[idx])
+            self.h[idx], self.c[idx] = rowwise(self.mdnrnn, self._lstm_step, x, self.h[idx], self.c[idx])
         return actions.cpu().numpy()
 
     def _lstm_step(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
