@@ -159,3 +159,32 @@ def test_episode_is_truncated_at_max_steps():
 def test_unusable_env_ids_are_clear_errors(env_id, message):
     with pytest.raises(ConfigError, match=message):
         AtariEnv(dataclasses.replace(EnvConfig(), id=env_id))
+
+
+def test_a_policy_that_draws_nothing_plays_one_game_per_noop_start_under_v4():
+    # why evaluate plays one episode of each such game for the controller and the heuristics
+    import torch
+
+    from worldmodels.controller import WorldModelPolicy, controller_size
+    from worldmodels.envs import game_of_seed
+    from worldmodels.mdnrnn import MDNRNN
+    from worldmodels.rollout import Episode, play as play_batch
+    from worldmodels.vae import ConvVAE
+
+    cfg = EnvConfig(max_steps=150)
+    seeds = [0, 2, 26, 7, 29]  # no-op frames 26, 26, 26, 29, 29
+    assert [game_of_seed(cfg, s) for s in seeds] == [26, 26, 26, 29, 29]
+    assert game_of_seed(dataclasses.replace(cfg, repeat_action_probability=0.25), 0) is None
+    torch.manual_seed(0)
+    params = torch.randn(1, controller_size(32, 256, 6)) * 0.5
+    policy = WorldModelPolicy(ConvVAE(32).eval(), MDNRNN(32, 6, 256, 5).eval(), params, batch=3)
+    rows = {}
+    with torch.no_grad():  # 3 at a time: the games share their batches with different others
+        play_batch(cfg, policy, [Episode(i, s, tag=0) for i, s in enumerate(seeds)],
+                   lambda p: rows.__setitem__(p.job.k, {k: v.copy() for k, v in p.arrays().items()}), batch=3,
+                   record=True)
+    for a, b in [(0, 1), (0, 2), (3, 4)]:
+        for name in ("frames", "actions", "rewards"):
+            np.testing.assert_array_equal(rows[a][name], rows[b][name])
+    assert len(set(rows[0]["actions"].tolist())) > 1  # a controller that acts on what it sees
+    assert not np.array_equal(rows[0]["frames"][:100], rows[3]["frames"][:100])

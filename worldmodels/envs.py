@@ -38,6 +38,18 @@ def game_of(env_id: str) -> str:
     return game
 
 
+def _noop_frames(cfg: EnvConfig, rng: np.random.Generator) -> int:
+    """The no-op frames an episode starts with: the first draw from its generator."""
+    return int(rng.integers(1, cfg.noop_max + 1)) if cfg.noop_max > 0 else 0
+
+
+def game_of_seed(cfg: EnvConfig, seed: int) -> int | None:
+    """What tells apart the games that episodes of these seeds play with the same actions: their
+    no-op frames, when the emulator draws nothing after them (no sticky actions); None when it
+    does. So a policy that draws nothing plays at most noop_max different games."""
+    return None if cfg.repeat_action_probability else _noop_frames(cfg, np.random.default_rng(seed))
+
+
 class AtariEnv(gym.Env):
     """One Atari game as a gymnasium env (so gymnasium's wrappers, e.g. RecordVideo, apply).
 
@@ -89,7 +101,7 @@ class AtariEnv(gym.Env):
             self._np_random = np.random.default_rng(seed)
         self._ale.restoreState(self._power_on)
         self._last_act = self._actions[0]
-        noops = int(self.np_random.integers(1, self.cfg.noop_max + 1)) if self.cfg.noop_max > 0 else 0
+        noops = _noop_frames(self.cfg, self.np_random)
         for _ in range(noops):
             self._ale.act(self._actions[0])
             if self._ale.game_over():
