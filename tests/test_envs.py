@@ -162,19 +162,23 @@ def test_unusable_env_ids_are_clear_errors(env_id, message):
 
 
 def test_a_policy_that_draws_nothing_plays_one_game_per_noop_start_under_v4():
-    # why evaluate plays one episode of each such game for the controller and the heuristics
+    # why evaluate and train-controller play one episode of each such game per policy (same_games)
     import torch
 
     from worldmodels.controller import WorldModelPolicy, controller_size
     from worldmodels.envs import game_of_seed
     from worldmodels.mdnrnn import MDNRNN
-    from worldmodels.rollout import Episode, play as play_batch
+    from worldmodels.rollout import Episode, play as play_batch, same_games
     from worldmodels.vae import ConvVAE
 
     cfg = EnvConfig(max_steps=150)
     seeds = [0, 2, 26, 7, 29]  # no-op frames 26, 26, 26, 29, 29
     assert [game_of_seed(cfg, s) for s in seeds] == [26, 26, 26, 29, 29]
-    assert game_of_seed(dataclasses.replace(cfg, repeat_action_probability=0.25), 0) is None
+    sticky = dataclasses.replace(cfg, repeat_action_probability=0.25)
+    assert game_of_seed(sticky, 0) is None
+    jobs = [Episode(i, s, tag=i % 2) for i, s in enumerate(seeds)]  # two controllers, alternating
+    assert same_games(cfg, jobs) == {0: [0, 2], 1: [1], 3: [3], 4: [4]}
+    assert same_games(sticky, jobs) == {k: [k] for k in range(5)}
     torch.manual_seed(0)
     params = torch.randn(1, controller_size(32, 256, 6)) * 0.5
     policy = WorldModelPolicy(ConvVAE(32).eval(), MDNRNN(32, 6, 256, 5).eval(), params, batch=3)

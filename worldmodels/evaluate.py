@@ -39,7 +39,9 @@ from worldmodels.tracking import Tracker, log
 
 STAGE = "evaluate"
 POLICIES = ("controller", "random", "always_fire", "sweep_fire")
-DRAW_NOTHING = ("controller", "always_fire", "sweep_fire")  # their actions follow from what they see
+# Their actions follow from what they see: under v4 they play one episode of each no-op start
+# for all (worldmodels.rollout.same_games), at most 30 of 100.
+DRAW_NOTHING = ("controller", "always_fire", "sweep_fire")
 
 
 def eval_job(cfg: Config, k: int):
@@ -76,7 +78,7 @@ def evaluate(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1
     from worldmodels.controller import controller_size
     from worldmodels.device import kernels_on
     from worldmodels.envs import EnvPool
-    from worldmodels.rollout import play
+    from worldmodels.rollout import play, same_games
 
     owned = task_episodes(cfg.evaluate.episodes, task, num_tasks)
     run = RunDir(run_dir)
@@ -106,7 +108,8 @@ def evaluate(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1
                 continue
             path = _part_path(run, part, task, num_tasks)
             env = pools[protocol]
-            alike = _alike(env.cfg, name, [eval_job(cfg, k) for k in todo[part]])
+            jobs = [eval_job(cfg, k) for k in todo[part]]
+            alike = same_games(env.cfg, jobs) if name in DRAW_NOTHING else {k: [k] for k in todo[part]}
 
             def done(played, part=part, path=path, alike=alike) -> None:
                 same = alike[played.job.k]
@@ -114,7 +117,7 @@ def evaluate(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1
                 atomic_write(path, json.dumps(mine[part]).encode(), root=run.path)
                 tracker.advance(len(same), **{f"evaluate/{part}": played.ret})
 
-            jobs = [eval_job(cfg, k) for k in alike]
+            jobs = [job for job in jobs if job.k in alike]
             batch = min(batches[name], len(jobs))
             play(env.cfg, policies[name], jobs, done, batch=batch, stop=stop, envs=env.take(batch))
         if task == 0:
@@ -131,22 +134,6 @@ def evaluate(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1
     if r is None:
         return f"evaluate: {len(owned)} episodes scored; results.json waits for the other tasks"
     return f"evaluate: {headline(r)} -> {run.results_file}"
-
-
-def _alike(env_cfg, name: str, jobs: list) -> dict[int, list[int]]:
-    """{episode to play: the episodes whose score it gives, itself first}.
-
-    A policy that draws no random numbers plays the same game on episodes the emulator cannot
-    tell apart (worldmodels.envs.game_of_seed: under the v4 protocol, the same no-op frames), so
-    one of them is played for all: of 100 v4 episodes, at most 30 are played."""
-    from worldmodels.envs import game_of_seed
-
-    if name not in DRAW_NOTHING or game_of_seed(env_cfg, 0) is None:
-        return {job.k: [job.k] for job in jobs}
-    games: dict[int, list[int]] = {}
-    for job in jobs:
-        games.setdefault(game_of_seed(env_cfg, job.seed), []).append(job.k)
-    return {same[0]: same for same in games.values()}
 
 
 def _same_games(cfg: Config) -> dict[str, Any]:

@@ -53,19 +53,21 @@ def real_returns(cfg: Config, vae, mdnrnn, params: np.ndarray, jobs: list[tuple[
     when not given), played in lockstep batches (in `envs`: a pool kept from generation to
     generation); rollout r of a generation is the same game for every candidate, seeded from
     `stream` (controller.train or controller.rescore)."""
-    from worldmodels.rollout import Episode, play
+    from worldmodels.rollout import Episode, play, same_games
 
     if not jobs:
         return np.zeros(0)
-    batch = min(cfg.controller.batch, len(jobs))
-    policy = WorldModelPolicy(vae, mdnrnn, torch.from_numpy(params), batch=batch, inputs=cfg.controller.inputs)
+    envs = envs or EnvPool(cfg.env)
     episodes = [Episode(i, seeds.seed(cfg, stream, generation, r), tag=c) for i, (c, r) in enumerate(jobs)]
+    alike = same_games(envs.cfg, episodes)  # a candidate's rollouts that are one game are played once
+    episodes = [e for e in episodes if e.k in alike]
+    batch = min(cfg.controller.batch, len(episodes))
+    policy = WorldModelPolicy(vae, mdnrnn, torch.from_numpy(params), batch=batch, inputs=cfg.controller.inputs)
     out = np.zeros(len(jobs))
 
     def done(played) -> None:
-        out[played.job.k] = played.ret
+        out[alike[played.job.k]] = played.ret
 
-    envs = envs or EnvPool(cfg.env)
     with torch.no_grad():
         play(envs.cfg, policy, episodes, done, batch=batch, stop=stop, envs=envs.take(batch))
     return out

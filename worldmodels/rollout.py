@@ -28,6 +28,22 @@ class Episode:
     tag: Any = None  # what the policy needs to know about this episode (e.g. its candidate)
 
 
+def same_games(env_cfg: EnvConfig, jobs: list[Episode]) -> dict[int, list[int]]:
+    """{job to play: the jobs it scores, itself first} for a policy that draws no random numbers.
+
+    Such a policy plays the same game in episodes of one tag (one controller) that the emulator
+    cannot tell apart (worldmodels.envs.game_of_seed: under the v4 protocol, those with the same
+    no-op frames), so one of them is played for all; without sticky actions a controller plays
+    at most noop_max different games."""
+    from worldmodels.envs import game_of_seed
+
+    games: dict[tuple, list[int]] = {}
+    for job in jobs:
+        game = game_of_seed(env_cfg, job.seed)
+        games.setdefault((job.tag, job.k if game is None else game), []).append(job.k)
+    return {same[0]: same for same in games.values()}
+
+
 class Rows:
     """A recorded episode's rows in the dataset convention (see `play`).
 
