@@ -87,7 +87,7 @@ export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 # task stages as JOBS parallel tasks (then once more to confirm the whole), MPI stages as JOBS ranks;
 # with rounds.count > 1, all of them once per round (`python -m worldmodels rounds`). Tasks are
 # waited for by pid: bash's `wait -n` fails (127) when they all ended before it, as reused ones do.
-demo: $(HOST_SETUP) ## run the whole pipeline on configs/demo.yaml into a fresh run directory (20 to 60 min on 2 cores, with the speed of the CPU's matrix products: see README)
+demo: $(HOST_SETUP) ## run the whole pipeline on configs/demo.yaml into a fresh run directory (15 to 45 min on 2 cores, with the speed of the CPU's matrix products: see README)
 	@mkdir -p $(DEMO_DIR) $(if $(filter runs/demo-%,$(DEMO_DIR)),&& ln -sfn "$(abspath $(DEMO_DIR))" runs/latest)
 	@set -e; start=$$(date +%s); wm="$(call PYTHON_IN,$(DEMO_DIR)) -m worldmodels"; \
 	tasks() { pids=; for t in $$(seq 0 $$(($(JOBS) - 1))); do \

@@ -65,8 +65,9 @@ def rowwise(model: torch.nn.Module, fn: Callable[..., Any], *rows: torch.Tensor)
     round every row as the chunks' kernel does (on that CPU, every size from 4 up). So the first
     time `fn` meets rows of a shape, it computes random rows of that shape both ways; where they
     agree to the bit, that shape goes whole from then on, where not, in chunks. Kernels are
-    chosen by shapes and never by values, so rows that agree once agree always. `fn` runs
-    `model`'s layers on `rows` alone; the answers are kept with the model, for its lifetime.
+    chosen by shapes (and the process's torch threads, which no stage changes) and never by
+    values, so rows that agree once agree always. `fn` runs `model`'s layers on `rows` alone; the
+    answers are kept with the model, for its lifetime.
     """
     if rows[0].device.type != "cpu":
         return fn(*rows)
