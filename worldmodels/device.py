@@ -44,16 +44,20 @@ def in_fixed_chunks(fn: Callable[..., Any], *rows: torch.Tensor, chunk: int = CP
     n = rows[0].shape[0]
     if rows[0].device.type != "cpu":
         return fn(*rows)
-    pad = -n % chunk
-    if pad:
-        rows = tuple(torch.cat([r, r.new_zeros((pad, *r.shape[1:]))]) for r in rows)
-    outs = [fn(*(r[i:i + chunk] for r in rows)) for i in range(0, n + pad, chunk)]
+    rows = _padded(rows, n + -n % chunk)
+    outs = [fn(*(r[i:i + chunk] for r in rows)) for i in range(0, len(rows[0]), chunk)]
     if isinstance(outs[0], tuple):
         return tuple(torch.cat(parts)[:n] for parts in zip(*outs))
     return torch.cat(outs)[:n]
 
 
-# model -> {(fn's code, the rows' shapes and dtypes): whether a whole batch gives in_fixed_chunks' bits}
+def _padded(rows: tuple[torch.Tensor, ...], size: int) -> tuple[torch.Tensor, ...]:
+    """The rows followed by rows of zeros, `size` in all."""
+    pad = size - rows[0].shape[0]
+    return tuple(torch.cat([r, r.new_zeros((pad, *r.shape[1:]))]) for r in rows) if pad else rows
+
+
+# model -> {(fn's code, batch size, the rows' shapes and dtypes): whether a whole batch gives in_fixed_chunks' bits}
 _WHOLE: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, bool]]" = weakref.WeakKeyDictionary()
 
 
@@ -64,26 +68,41 @@ def rowwise(model: torch.nn.Module, fn: Callable[..., Any], *rows: torch.Tensor)
     chunks of 8 against 413 on the whole batch (AVX-512). Yet most batch sizes get kernels that
     round every row as the chunks' kernel does (on that CPU, every size from 4 up). So the first
     time `fn` meets rows of a shape, it computes random rows of that shape both ways; where they
-    agree to the bit, that shape goes whole from then on, where not, in chunks. Kernels are
+    agree to the bit, that shape goes whole from then on, where not, in chunks; fewer rows than
+    a chunk go padded to the smallest size that goes whole (4 on that CPU). Kernels are
     chosen by shapes (and the process's torch threads, which no stage changes) and never by
     values, so rows that agree once agree always. `fn` runs `model`'s layers on `rows` alone; the
     answers are kept with the model, for its lifetime.
     """
     if rows[0].device.type != "cpu":
         return fn(*rows)
-    key = (fn.__code__, *((tuple(r.shape), r.dtype) for r in rows))
+    n = rows[0].shape[0]
+    if n >= CPU_CHUNK:
+        return fn(*rows) if _whole(model, fn, rows, n) else in_fixed_chunks(fn, *rows)
+    # Fewer rows than a chunk (a batch's last episodes): padded to the smallest size that runs whole,
+    # a chunk at most, rather than always to a chunk. Padding rows change no other row's bits.
+    size = next((m for m in range(n, CPU_CHUNK) if _whole(model, fn, rows, m)), CPU_CHUNK)
+    out = fn(*_padded(rows, size))
+    return tuple(o[:n] for o in out) if isinstance(out, tuple) else out[:n]
+
+
+def _whole(model: torch.nn.Module, fn: Callable[..., Any], rows: tuple[torch.Tensor, ...], size: int) -> bool:
+    """Whether `fn` on a whole batch of `size` rows like `rows` gives in_fixed_chunks' bits, tried
+    once on random rows."""
+    key = (fn.__code__, size, *((tuple(r.shape[1:]), r.dtype) for r in rows))
     known = _WHOLE.setdefault(model, {})
     if key not in known:
         g = torch.Generator().manual_seed(0)
-        probe = tuple(_random_like(r, g) for r in rows)
+        probe = tuple(_random_like(r, size, g) for r in rows)
         known[key] = _same(fn(*probe), in_fixed_chunks(fn, *probe))
-    return fn(*rows) if known[key] else in_fixed_chunks(fn, *rows)
+    return known[key]
 
 
-def _random_like(rows: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+def _random_like(rows: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
+    shape = (size, *rows.shape[1:])
     if rows.dtype.is_floating_point:
-        return torch.randn(rows.shape, generator=g).to(rows.dtype)
-    return torch.randint(0, 128, rows.shape, generator=g).to(rows.dtype)  # frames: uint8
+        return torch.randn(shape, generator=g).to(rows.dtype)
+    return torch.randint(0, 128, shape, generator=g).to(rows.dtype)  # frames: uint8
 
 
 def _same(a: Any, b: Any) -> bool:
