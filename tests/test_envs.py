@@ -192,3 +192,38 @@ def test_a_policy_that_draws_nothing_plays_one_game_per_noop_start_under_v4():
             np.testing.assert_array_equal(rows[a][name], rows[b][name])
     assert len(set(rows[0]["actions"].tolist())) > 1  # a controller that acts on what it sees
     assert not np.array_equal(rows[0]["frames"][:100], rows[3]["frames"][:100])
+
+
+@pytest.mark.parametrize("sticky", [0.0, 0.25])
+def test_blind_policies_play_the_same_games_without_the_screen(sticky):
+    # the baselines ignore the screen, so play skips making it for them: the same returns and lengths
+    from worldmodels.policies import RandomRepeatPolicy, ScriptedPolicy
+    from worldmodels.rollout import Episode, play as play_batch
+
+    class Looking:  # the same policy, told to look
+        blind = False
+
+        def __init__(self, policy):
+            self.policy, self.seen = policy, 0
+
+        def begin(self, slot, job):
+            self.policy.begin(slot, job)
+
+        def end(self, slot, played):
+            self.policy.end(slot, played)
+
+        def act(self, obs, slots):
+            self.seen += int(obs.any())
+            return self.policy.act(obs, slots)
+
+    cfg = EnvConfig(max_steps=300, repeat_action_probability=sticky)
+    names = AtariEnv(cfg).action_names
+    for make in (lambda: RandomRepeatPolicy(6, 4, 3), lambda: ScriptedPolicy("sweep_fire", names, 3)):
+        games = []
+        for policy in (make(), Looking(make())):
+            out = {}
+            jobs = [Episode(k, 10 + k, np.random.default_rng(k)) for k in range(5)]
+            play_batch(cfg, policy, jobs, lambda p: out.__setitem__(p.job.k, (p.ret, p.steps)), batch=3)
+            games.append(out)
+        assert policy.seen > 0 and make().blind
+        assert games[0] == games[1] and len(set(games[0].values())) > 1, games

@@ -110,8 +110,11 @@ class AtariEnv(gym.Env):
         self._steps = 0
         return self._observation(), {"noops": noops}
 
-    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
-        """Repeat `action` for frame_skip frames; observe the max of the last two frames."""
+    def step(self, action: int, observe: bool = True) -> tuple[np.ndarray | None, float, bool, bool, dict]:
+        """Repeat `action` for frame_skip frames; observe the max of the last two frames.
+
+        With observe=False the screen is neither grabbed nor resized and the observation is None:
+        for policies that ignore it, a quarter of a step saved; the game is the same."""
         ale, act, skip = self._ale, self._actions[int(action)], self.cfg.frame_skip
         shape = self._pooled.shape
         second_last = _per_thread(("second_last", shape), lambda: np.empty(shape, np.uint8))
@@ -131,17 +134,17 @@ class AtariEnv(gym.Env):
             if ale.game_over():
                 terminated = True
                 break
-            if t == skip - 2:
-                ale.getScreenRGB(second_last)
-            elif t == skip - 1:
-                ale.getScreenRGB(self._pooled)
+            if observe and t >= skip - 2:
+                ale.getScreenRGB(second_last if t == skip - 2 else self._pooled)
+        self._steps += 1
+        truncated = not terminated and self._steps >= self.cfg.max_steps
+        if not observe:
+            return None, reward, terminated, truncated, {}
         if t == skip - 1:  # frame_skip >= 2: the second-to-last frame was grabbed
             # The max goes in place, as in gymnasium's AtariPreprocessing, and so does a step that
             # ends early: ending on its last frame, it pools the previous observation with its
             # second-to-last frame; ending sooner, it grabs nothing and observes the previous one.
             np.maximum(self._pooled, second_last, out=self._pooled)
-        self._steps += 1
-        truncated = not terminated and self._steps >= self.cfg.max_steps
         return self._observation(), reward, terminated, truncated, {}
 
     def render(self) -> np.ndarray | None:

@@ -24,7 +24,9 @@ class Policy(Protocol):
     def begin(self, slot: int, job) -> None:
         """A new episode (a worldmodels.rollout.Episode) starts in `slot`."""
 
-    def act(self, obs: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    blind: bool = False  # true for a policy that never looks at `obs`: play then gives it None
+
+    def act(self, obs: np.ndarray | None, slots: np.ndarray) -> np.ndarray:
         """Actions (int64 [B]) for observations uint8 [B, H, W, 3] of the episodes in `slots`.
 
         `obs` is reused by the next step: copy what must outlive the call."""
@@ -52,6 +54,8 @@ class ScriptedPolicy(FixedPolicy):
 
     SCRIPTS = {"always_fire": [("FIRE", 1)], "sweep_fire": [("RIGHTFIRE", 30), ("LEFTFIRE", 30)]}
 
+    blind = True  # the script is all it follows
+
     def __init__(self, name: str, action_names: list[str], batch: int):
         missing = [action for action, _ in self.SCRIPTS[name] if action not in action_names]
         if missing:
@@ -72,6 +76,8 @@ class ScriptedPolicy(FixedPolicy):
 
 class RandomRepeatPolicy(FixedPolicy):
     """Uniform random actions, each held for a uniform 1..repeat_max steps (as the paper's Doom data)."""
+
+    blind = True  # its own draws are all it follows
 
     def __init__(self, num_actions: int, repeat_max: int, batch: int):
         self.num_actions = num_actions

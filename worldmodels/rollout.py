@@ -95,6 +95,8 @@ def play(env_cfg: EnvConfig, policy, jobs: Iterable[Episode], on_done: Callable[
     observation t and the transition that led to it (row 0: action 0, reward 0); their arrays
     are reused once `on_done` returns, so it must copy (or store) what it keeps.
     `stop.check()` runs before every step: an interrupted episode is simply dropped.
+    A policy that is `blind` (it ignores the screen) gets None for observations, and unless
+    episodes are recorded, the environments skip making them.
     """
     from worldmodels.envs import EnvPool
 
@@ -108,6 +110,8 @@ def play(env_cfg: EnvConfig, policy, jobs: Iterable[Episode], on_done: Callable[
     # slots still running) without restacking per-step arrays. Valid only during its act() call.
     obs_now = np.zeros((len(envs), *envs[0].observation_space.shape), envs[0].observation_space.dtype)
     spare: list[np.ndarray] = []  # frame arrays of finished episodes' rows, for the next ones
+    blind = getattr(policy, "blind", False)
+    observe = record or not blind
 
     def start(slot: int) -> None:
         job = next(queue, None)
@@ -125,14 +129,16 @@ def play(env_cfg: EnvConfig, policy, jobs: Iterable[Episode], on_done: Callable[
     while len(slots):
         if stop is not None:
             stop.check()
-        actions = policy.act(obs_now if len(slots) == len(envs) else obs_now[slots], slots)
+        actions = policy.act(None if blind else obs_now if len(slots) == len(envs) else obs_now[slots], slots)
         ended = False
         for slot, action in zip(slots.tolist(), actions.tolist()):
-            obs, reward, terminated, truncated, _ = envs[slot].step(action)
+            env = envs[slot]  # (gymnasium wrappers, as for videos, know no `observe`)
+            obs, reward, terminated, truncated, _ = env.step(action) if observe else env.step(action, observe=False)
             p = running[slot]
             p.ret += reward
             p.steps += 1
-            obs_now[slot] = obs
+            if observe:
+                obs_now[slot] = obs
             if record:
                 p.rows.add(obs, action, reward, terminated, truncated)
             if terminated or truncated:
