@@ -47,10 +47,10 @@ def open_rollouts(cfg: Config, run: RunDir) -> EpisodeStore:
 
 def check(cfg: Config, run: RunDir | None = None) -> None:
     """Refuse a bad env id or policy (a later round's: an unfinished previous round) before anything is written."""
-    from worldmodels.envs import game_of
+    from worldmodels.envs import rom_of
     from worldmodels.policies import policy_factory
 
-    game_of(cfg.env.id)
+    rom_of(cfg.env.id)
     policy_factory(cfg, run)
 
 

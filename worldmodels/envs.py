@@ -21,7 +21,7 @@ from worldmodels.errors import ConfigError
 from worldmodels.resize import AreaResize
 
 
-def game_of(env_id: str) -> str:
+def rom_of(env_id: str) -> str:
     """The ALE ROM name behind a gymnasium id; a clear error for ids that are not frameskip-1 Atari."""
     import ale_py
 
@@ -69,7 +69,7 @@ class AtariEnv(gym.Env):
         self._ale = ale_py.ALEInterface()
         self._ale.setFloat("repeat_action_probability", 0.0)
         self._ale.setInt("random_seed", 0)
-        self._ale.loadROM(ale_py.roms.get_rom_path(game_of(cfg.id)))
+        self._ale.loadROM(ale_py.roms.get_rom_path(rom_of(cfg.id)))
         # Restoring this state starts every episode from the same point, which is cheaper than
         # gymnasium's reseed-by-reloading-the-ROM (about 0.1 s) and has the same effect here:
         # with repeat_action_probability 0 the emulator draws no random numbers.
