@@ -6,6 +6,8 @@ Prints
   and the bound V's encoder alone puts on that ratio on this core;
 - dream steps/s for a whole population batched together against a per-candidate loop: target
   >= 5x on CPU (>= 50x on a GPU);
+- the baselines' evaluation steps/s (they play blind: no screen grabbed or resized) against
+  the emulator's steps/s without screen grabs, and the same policies told to look;
 - the master's share of a generation (CMA-ES ask + tell + the per-generation checkpoint) at the
   paper's scale (1,734 parameters, population 64, 16 rollouts), with the generation's play time
   taken from the measured evaluation rate on the given number of ranks: target <= 2%.
@@ -100,8 +102,8 @@ def real_game_steps_per_s(device: torch.device, seconds: float, batch: int) -> f
 class _CountingPolicy:
     """Counts every environment step, also those of episodes still running at the end."""
 
-    def __init__(self, policy):
-        self.policy, self.steps = policy, 0
+    def __init__(self, policy, blind: bool = False):
+        self.policy, self.steps, self.blind = policy, 0, blind
 
     def begin(self, slot, job):
         self.policy.begin(slot, job)
@@ -112,6 +114,31 @@ class _CountingPolicy:
     def act(self, obs, slots):
         self.steps += len(slots)
         return self.policy.act(obs, slots)
+
+
+def baseline_steps_per_s(seconds: float, batch: int, look: bool) -> float:
+    """Evaluation steps/s of the random policy and always FIRE in turn (blind, or told to look)."""
+    from worldmodels.envs import EnvPool
+    from worldmodels.policies import RandomRepeatPolicy, ScriptedPolicy
+    from worldmodels.rollout import Episode, play
+
+    envs = EnvPool(EnvConfig()).take(batch)  # made before the clock starts
+    policies = [RandomRepeatPolicy(envs[0].num_actions, 1, batch), ScriptedPolicy("always_fire", envs[0].action_names, batch)]
+    start = time.perf_counter()
+
+    class Budget:
+        def check(self):
+            if time.perf_counter() - start > seconds:
+                raise TimeoutError
+
+    counted = [_CountingPolicy(p, blind=not look) for p in policies]
+    try:
+        for k in range(10**6):
+            jobs = (Episode(j, j, np.random.default_rng(j)) for j in range(k * batch, (k + 1) * batch))
+            play(EnvConfig(), counted[k % 2], jobs, lambda played: None, batch=batch, stop=Budget(), envs=envs)
+    except TimeoutError:
+        pass
+    return sum(c.steps for c in counted) / (time.perf_counter() - start)
 
 
 def dream_speedup(device: torch.device, population: int, rollouts: int, steps: int) -> tuple[float, float]:
@@ -174,6 +201,12 @@ def main() -> None:
           f"{raw_steps:7.0f} steps/s; ratio {real / raw_steps:.2f} (target >= 0.70)")
     print(f"  V's encoder alone takes {encoder * 1e6:.0f} us a frame on {device}, so no evaluation here can exceed "
           f"a ratio of {bound:.2f}")
+    grabless = best_of(args.repeats, lambda: raw_emulator_fps(args.seconds, grab=False)) / EnvConfig().frame_skip
+    blind = best_of(args.repeats, lambda: baseline_steps_per_s(args.seconds, 25, look=False))
+    looking = best_of(args.repeats, lambda: baseline_steps_per_s(args.seconds, 25, look=True))
+    results.update(raw_emulator_no_grab_steps_per_s=grabless, baseline_steps_per_s=blind, baseline_looking_steps_per_s=looking)
+    print(f"baselines: {blind:7.0f} steps/s blind, against the emulator's {grabless:7.0f} without screen grabs; ratio "
+          f"{blind / grabless:.2f}; told to look, {looking:7.0f} steps/s ({looking / grabless:.2f})")
     runs = [dream_speedup(device, population=64, rollouts=16, steps=50) for _ in range(args.repeats)]
     batched, looped = max(r[0] for r in runs), max(r[1] for r in runs)
     results.update(dream_batched_steps_per_s=batched, dream_looped_steps_per_s=looped)

@@ -23,8 +23,9 @@ def best_of(repeats: int, measure: Callable[[], float]) -> float:
     return max(measure() for _ in range(repeats))
 
 
-def raw_emulator_fps(seconds: float) -> float:
-    """Space Invaders frames/s of the bare emulator: ALEInterface.act plus a screen grab every frame."""
+def raw_emulator_fps(seconds: float, grab: bool = True) -> float:
+    """Space Invaders frames/s of the bare emulator: ALEInterface.act plus a screen grab every frame
+    (without `grab`: act alone, the limit of a policy that ignores the screen)."""
     import ale_py
 
     ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
@@ -38,7 +39,8 @@ def raw_emulator_fps(seconds: float) -> float:
     while time.perf_counter() - start < seconds:
         for a in rng.integers(0, len(actions), 256):
             ale.act(actions[a])
-            ale.getScreenRGB(screen)
+            if grab:
+                ale.getScreenRGB(screen)
             if ale.game_over():
                 ale.reset_game()
         frames += 256
