@@ -73,13 +73,7 @@ def real_game_steps_per_s(device: torch.device, seconds: float, batch: int) -> f
     from worldmodels.envs import AtariEnv
 
     envs = [AtariEnv(EnvConfig()) for _ in range(batch)]  # made before the clock starts
-    steps = [0]
-    start = time.perf_counter()
-
-    class Budget:
-        def check(self):
-            if time.perf_counter() - start > seconds:
-                raise TimeoutError
+    deadline = _Deadline(seconds)
 
     def jobs():
         k = 0
@@ -87,16 +81,27 @@ def real_game_steps_per_s(device: torch.device, seconds: float, batch: int) -> f
             yield Episode(k, k, np.random.default_rng(k), tag=k % batch)
             k += 1
 
-    def done(played):
-        steps[0] += played.steps
-
     counted = _CountingPolicy(policy)
     try:
         with torch.no_grad():
-            play(EnvConfig(), counted, jobs(), done, batch=batch, stop=Budget(), envs=envs)
+            play(EnvConfig(), counted, jobs(), lambda played: None, batch=batch, stop=deadline, envs=envs)
     except TimeoutError:
         pass
-    return counted.steps / (time.perf_counter() - start)
+    return counted.steps / deadline.elapsed()
+
+
+class _Deadline:
+    """A `stop` for play that ends a timed run (TimeoutError) once `seconds` have passed."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.start = seconds, time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def check(self) -> None:
+        if self.elapsed() > self.seconds:
+            raise TimeoutError
 
 
 class _CountingPolicy:
@@ -124,21 +129,15 @@ def baseline_steps_per_s(seconds: float, batch: int, look: bool) -> float:
 
     envs = EnvPool(EnvConfig()).take(batch)  # made before the clock starts
     policies = [RandomRepeatPolicy(envs[0].num_actions, 1, batch), ScriptedPolicy("always_fire", envs[0].action_names, batch)]
-    start = time.perf_counter()
-
-    class Budget:
-        def check(self):
-            if time.perf_counter() - start > seconds:
-                raise TimeoutError
-
+    deadline = _Deadline(seconds)
     counted = [_CountingPolicy(p, blind=not look) for p in policies]
     try:
         for k in range(10**6):
             jobs = (Episode(j, j, np.random.default_rng(j)) for j in range(k * batch, (k + 1) * batch))
-            play(EnvConfig(), counted[k % 2], jobs, lambda played: None, batch=batch, stop=Budget(), envs=envs)
+            play(EnvConfig(), counted[k % 2], jobs, lambda played: None, batch=batch, stop=deadline, envs=envs)
     except TimeoutError:
         pass
-    return sum(c.steps for c in counted) / (time.perf_counter() - start)
+    return sum(c.steps for c in counted) / deadline.elapsed()
 
 
 def dream_speedup(device: torch.device, population: int, rollouts: int, steps: int) -> tuple[float, float]:

@@ -114,7 +114,7 @@ class AtariEnv(gym.Env):
         """Repeat `action` for frame_skip frames; observe the max of the last two frames.
 
         With observe=False the screen is neither grabbed nor resized and the observation is None:
-        for policies that ignore it, a quarter of a step saved; the game is the same."""
+        for policies that ignore it, about a third of a step saved; the game is the same."""
         ale, act, skip = self._ale, self._actions[int(action)], self.cfg.frame_skip
         shape = self._pooled.shape
         second_last = _per_thread(("second_last", shape), lambda: np.empty(shape, np.uint8))
