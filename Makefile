@@ -45,12 +45,15 @@ fi
 endef
 
 # The virtual environment is rebuilt when pyproject.toml changes. torch is installed first and
-# alone, pinned, so that pip takes the CPU build instead of pulling the CUDA packages.
+# alone, pinned, so that TORCH_INDEX applies to it alone: empty, pip's configured index (PyPI gives
+# the CUDA build on Linux, which also runs on CPU); https://download.pytorch.org/whl/cpu, the
+# CPU-only build.
+TORCH_INDEX ?=
 $(STAMPS)/venv: pyproject.toml
 	@mkdir -p $(STAMPS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 

@@ -39,9 +39,6 @@ from worldmodels.tracking import Tracker, log
 
 STAGE = "evaluate"
 POLICIES = ("controller", "random", "always_fire", "sweep_fire")
-# Their actions follow from what they see: under v4 they play one episode of each no-op start
-# for all (worldmodels.rollout.same_games), at most 30 of 100.
-DRAW_NOTHING = ("controller", "always_fire", "sweep_fire")
 
 
 def eval_job(cfg: Config, k: int):
@@ -109,7 +106,10 @@ def evaluate(cfg: Config, run_dir: str | Path, task: int = 0, num_tasks: int = 1
             path = _part_path(run, part, task, num_tasks)
             env = pools[protocol]
             jobs = [eval_job(cfg, k) for k in todo[part]]
-            alike = same_games(env.cfg, jobs) if name in DRAW_NOTHING else {k: [k] for k in todo[part]}
+            # a policy that draws nothing plays one episode for all those of one game (under v4,
+            # one a no-op start: at most 30 of 100)
+            stochastic = getattr(policies[name], "stochastic", False)
+            alike = {k: [k] for k in todo[part]} if stochastic else same_games(env.cfg, jobs)
 
             def done(played, part=part, path=path, alike=alike) -> None:
                 same = alike[played.job.k]

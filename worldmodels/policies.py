@@ -25,6 +25,9 @@ class Policy(Protocol):
         """A new episode (a worldmodels.rollout.Episode) starts in `slot`."""
 
     blind: bool = False  # true for a policy that never looks at `obs`: play then gives it None
+    # true for a policy that draws random numbers: two of its episodes of one game may differ
+    # (otherwise one is played for all, worldmodels.rollout.same_games)
+    stochastic: bool = False
 
     def act(self, obs: np.ndarray | None, slots: np.ndarray) -> np.ndarray:
         """Actions (int64 [B]) for observations uint8 [B, H, W, 3] of the episodes in `slots`.
@@ -78,6 +81,7 @@ class RandomRepeatPolicy(FixedPolicy):
     """Uniform random actions, each held for a uniform 1..repeat_max steps (as the paper's Doom data)."""
 
     blind = True  # its own draws are all it follows
+    stochastic = True
 
     def __init__(self, num_actions: int, repeat_max: int, batch: int):
         self.num_actions = num_actions
