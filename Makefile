@@ -60,8 +60,11 @@ $(STAMPS)/venv: pyproject.toml
 setup: system-packages $(STAMPS)/venv ## create .venv and install everything the suite needs
 
 # --- use ----------------------------------------------------------------------------------
+# The suite spends much of its time waiting on the local cluster (run alone on 2 cores, it keeps 0.8
+# of a core busy): two workers, each taking whole test files (so their module fixtures are built once).
+TEST_WORKERS ?= 2
 test: setup ## run the whole test suite except the container tests (make container-test)
-	$(PY) -m pytest -q --durations=20
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20
 
 # Local runs use every core: array-style stages as parallel tasks, the controller as MPI ranks,
 # each with one torch thread (JOBS processes of two threads each on JOBS cores run ten times slower).

@@ -18,6 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """The Slurm tests first: they are the longest file by far (over a third of the suite, much of
+    it waiting on the cluster), and `make test` hands whole files to two workers, so the others
+    fill the second worker meanwhile instead of leaving the Slurm tests to run alone at the end."""
+    items.sort(key=lambda item: item.path.name != "test_slurm.py")
+
+
 def cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT)
