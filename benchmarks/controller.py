@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import sys
 import time
@@ -132,7 +133,7 @@ def baseline_steps_per_s(seconds: float, batch: int, look: bool) -> float:
     deadline = _Deadline(seconds)
     counted = [_CountingPolicy(p, blind=not look) for p in policies]
     try:
-        for k in range(10**6):
+        for k in itertools.count():  # batches of fresh episodes, the two policies in turn, until the deadline
             jobs = (Episode(j, j, np.random.default_rng(j)) for j in range(k * batch, (k + 1) * batch))
             play(EnvConfig(), counted[k % 2], jobs, lambda played: None, batch=batch, stop=deadline, envs=envs)
     except TimeoutError:
