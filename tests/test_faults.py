@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from conftest import SMOKE, assert_same_store, cli_env, run_cli, start_cli
+from worldmodels import config, identity
 from worldmodels.checkpoint import Checkpointer
 from worldmodels.dataset import EpisodeStore, Field
+from worldmodels.errors import ConfigError
 from worldmodels.files import atomic_write
 from worldmodels.rundir import RunDir
 from worldmodels.zarr_internals import ChunkWriter
@@ -95,8 +97,48 @@ def test_a_second_copy_of_a_running_stage_is_refused_naming_its_holder_and_a_kil
     assert_same_store(whole, run / "data" / "rollouts.zarr")
 
 
+def run_files(run: Path) -> dict[str, bytes]:
+    """The run's config and stage records, byte for byte."""
+    return {p.name: p.read_bytes() for p in [run / "config.yaml", *sorted((run / "stages").glob("*.json"))]}
+
+
+def test_a_refused_second_copy_changes_nothing_and_one_with_other_values_is_refused_while_the_stage_runs(tmp_path):
+    run = tmp_path / "run"
+    args = ["collect", "--config", SMOKE, "--run-dir", run, "collect.episodes=60", "env.max_steps=300"]
+    first = start_cli(*args)
+    wait_for(lambda: (run / "state" / "collect.lease").is_file() and (run / "stages" / "collect.json").is_file(), first)
+    before = run_files(run)
+    # other values for the running stage, whether or not it has made anything yet
+    error = one_error_line(run_cli(*args, "collect.episodes=61", check=False))
+    assert "collect is running in" in error and f"pid {first.pid}" in error and "collect.episodes: 60 -> 61" in error
+    # the same identity with another value for a later stage: the lease refuses it, before config.yaml takes it
+    error = one_error_line(run_cli(*args, "vae.lr=0.0005", check=False))
+    assert "collect is already running" in error
+    # nor may a submission (which records every stage's identity without running one) record other values for it
+    with pytest.raises(ConfigError, match="collect is running in"):
+        identity.begin(config.load(SMOKE, ["collect.episodes=61", "env.max_steps=300"]), run, "report")
+    assert first.poll() is None, "the first copy ended before the others were refused: make it longer"
+    assert run_files(run) == before
+    first.kill()
+    first.wait()
+
+
+def test_a_holder_in_another_pid_namespace_of_this_host_is_not_taken_for_gone(tmp_path):
+    """A container sharing the host's name (`--network=host`) with its own PID namespace sees none
+    of the host's processes: a live holder there must not look dead from here, nor the reverse."""
+    run = tmp_path / "run"
+    holder = holding_a_lease(run / "state" / "collect.lease")
+    proc = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m", "worldmodels", "collect",
+                           "--config", SMOKE, "--run-dir", str(run)], capture_output=True, text=True, env=cli_env(),
+                          timeout=120)
+    error = one_error_line(proc)
+    assert "collect is already running" in error and f"pid {holder.pid}" in error
+    assert committed(run) == 0 and holder.poll() is None
+    holder.kill()
+    holder.wait()
+
+
 def test_a_lease_held_on_another_node_is_honoured_until_it_expires_or_its_job_is_requeued(tmp_path):
-    from worldmodels import config
     from worldmodels.pipeline import run_stage
 
     run = tmp_path / "run"

@@ -132,3 +132,7 @@ def test_round_zero_is_the_plain_pipeline_so_a_finished_run_can_grow_rounds(smok
     later = config.override(more, ["rounds.index=1"])
     assert identity(later, "collect")["rounds.index"] == 1
     assert "controller.popsize" in identity(later, "collect")  # round 1 plays round 0's controller
+    # and which of its controllers plays (the best, as in runs recorded before this key counted, or the mean)
+    assert "evaluate.controller" not in identity(later, "collect")
+    assert identity(config.override(later, ["evaluate.controller=mean"]), "collect")["evaluate.controller"] == "mean"
+    assert identity(config.override(smoke_cfg, ["evaluate.controller=mean"]), "collect") == identity(smoke_cfg, "collect")

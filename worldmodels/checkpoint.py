@@ -73,8 +73,8 @@ class Checkpointer:
         """For the stage writing here: the newest checkpoint that verifies, or None for a fresh start.
 
         Leftovers of interrupted writes are removed; a checkpoint that does not verify is set aside
-        as `*.corrupt` (it no longer holds one of the keep-last-K places); and when checkpoints
-        exist but none verifies, this refuses rather than silently starting over.
+        as `*.corrupt` (it no longer holds one of the keep-last-K places); and when none verifies
+        but some were set aside, this refuses rather than silently starting over.
         """
         for leftover in self.directory.glob(".step-*.tmp"):  # a kill mid-write (one writer per stage)
             leftover.unlink(missing_ok=True)
@@ -93,8 +93,9 @@ class Checkpointer:
 
                 log.warning(kernels_warning(f"{stage}: {path.name} was made", made, self.kernels))
             return state
-        if steps:
-            raise DataError(f"{stage}: none of its {len(steps)} checkpoints in {self.directory} verifies (set aside as "
+        corrupt = sorted(self.directory.glob("step-*.pt.corrupt"))
+        if corrupt:  # and so does every rerun after the first that found them, until --restart
+            raise DataError(f"{stage}: none of its checkpoints in {self.directory} verifies ({len(corrupt)} set aside as "
                             f"*.corrupt); rerun with --restart to train it from the start")
         return None
 

@@ -7,8 +7,8 @@ change how a stage runs but not what it produces on CPU, belong to no identity (
 may resume with other values of them and ends with the same artifacts (the tests check each).
 
 The first start of a stage records its identity in RUN_DIR/stages/STAGE.json. Later starts must
-resolve to the same identity for every stage that has made something; a stage that made nothing
-yet simply takes the new values. With `--from BASE`, a stage whose identity equals BASE's finished
+resolve to the same identity for every stage that has made something or is running (holds its
+lease, worldmodels.lease); a stage that made nothing yet simply takes the new values. With `--from BASE`, a stage whose identity equals BASE's finished
 one is recorded as reused from the run that made it (read-only, by reference, never copied) and is
 not run again; the first stage whose identity differs, and every stage after it, is the branch's own.
 """
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from worldmodels import config as config_lib
+from worldmodels import config as config_lib, lease
 from worldmodels.config import Config
 from worldmodels.errors import ConfigError, DataError
 from worldmodels.files import atomic_write
@@ -66,6 +66,12 @@ def own_keys(stage: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+# Keys outside train-controller's chain that a later round's stages depend on all the same: which
+# controller of round k-1 plays round k's collect (worldmodels.rounds.collecting_policy). Before this
+# key joined their identity, runs left it out; at the value given here they still do, so they resume.
+PLAYS_NEXT_ROUND = {"evaluate.controller": "best"}
+
+
 def identity(cfg: Config, stage: str) -> dict[str, Any]:
     """{"section.key": value} of every key `stage`'s results depend on, its upstream's included."""
     values = config_lib.flat(config_lib.to_dict(cfg))
@@ -81,6 +87,8 @@ def identity(cfg: Config, stage: str) -> dict[str, Any]:
             if key.startswith("rounds.") and not cfg.rounds.index:  # round 0 is the plain pipeline, whatever follows it
                 continue
             out[key] = cfg.seed_of(section) if leaf == "seed" and section else values[key]
+    if cfg.rounds.index:
+        out |= {key: values[key] for key, before in PLAYS_NEXT_ROUND.items() if key in out or values[key] != before}
     return out
 
 
@@ -93,17 +101,27 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
 
 
-def begin(cfg: Config, run_dir: str | Path, stage: str, base: str | Path | None = None) -> RunDir:
-    """Open `run_dir` for `stage` under `cfg`: check (or record) the identity of the stage and of
-    every stage it reads from, reusing BASE's finished stages where they match; save the config."""
+def decide(cfg: Config, run_dir: str | Path, stage: str, base: str | Path | None = None,
+           held: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The stage records `begin` writes for `stage` under `cfg` (its own and those of the stages it
+    reads from that change), or the clear error it raises; writes nothing. `held`: the lease this
+    process holds for the stage (worldmodels.lease), which is not another copy running it."""
     run = RunDir(run_dir)
     base_run = open_base(Path(base)) if base is not None else None
-    decided: dict[str, dict[str, Any]] = {}  # written only once every stage of the chain is accepted
+    decided: dict[str, dict[str, Any]] = {}
     for name in chain(stage):
-        record = _decide(cfg, run, name, base_run, decided)
+        record = _decide(cfg, run, name, base_run, decided, held)
         if record is not None:
             decided[name] = record
-    _writable(run.path)
+    return decided
+
+
+def begin(cfg: Config, run_dir: str | Path, stage: str, base: str | Path | None = None,
+          held: Path | None = None) -> RunDir:
+    """Open `run_dir` for `stage` under `cfg`: check (or record) the identity of the stage and of
+    every stage it reads from, reusing BASE's finished stages where they match; save the config."""
+    decided = decide(cfg, run_dir, stage, base, held)  # written only once every stage of the chain is accepted
+    run = writable(Path(run_dir))
     for name, record in decided.items():
         atomic_write(run.stage_record_file(name), json.dumps(record, indent=1).encode())
     text = config_lib.dump(cfg)
@@ -112,8 +130,8 @@ def begin(cfg: Config, run_dir: str | Path, stage: str, base: str | Path | None 
     return run
 
 
-def _decide(cfg: Config, run: RunDir, name: str, base: RunDir | None,
-            decided: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+def _decide(cfg: Config, run: RunDir, name: str, base: RunDir | None, decided: dict[str, dict[str, Any]],
+            held: Path | None) -> dict[str, Any] | None:
     """The record `name` gets (None: the one it has stands), or a clear error."""
     given = identity(cfg, name)
     record = run.stage_record(name)
@@ -127,6 +145,10 @@ def _decide(cfg: Config, run: RunDir, name: str, base: RunDir | None,
         if record.get("reused_from"):
             raise ConfigError(f"{name} is reused from {record['reused_from']}, which ran it with other values ({changed}); "
                               f"to run {name} with the new values, branch: --run-dir NEW --from {run.path}")
+        running = lease.running(run.path, name, besides=held)
+        if running:  # it has made nothing yet, but its record is the identity it runs with
+            raise ConfigError(f"{name} is running in {run.path} ({running}) with other values ({changed}); wait "
+                              f"for it to end, or branch into a new run directory: --run-dir NEW --from {run.path}")
         if started(run, name, cfg):
             raise ConfigError(f"{name} in {run.path} was run with other values ({changed}); to run it with the new "
                               f"values, branch into a new run directory: --run-dir NEW --from {run.path}")
@@ -162,7 +184,7 @@ def finished(run: RunDir, name: str, cfg: Config) -> bool:
     return STAGES[name].progress(run, cfg)[0] >= STAGES[name].units(cfg)
 
 
-def _writable(run_dir: Path) -> RunDir:
+def writable(run_dir: Path) -> RunDir:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         # os.access says yes to root everywhere; only a real write proves the directory usable.

@@ -1,12 +1,13 @@
 """One writer per stage (per task for split stages): a lease file renewed by a heartbeat.
 
-`RUN_DIR/state/STAGE[.taskN].lease` names its holder (host, pid, Slurm job) and when it was last
-renewed. Why a lease and not a lock: fcntl/flock locks are not reliable on every NFS a cluster
+`RUN_DIR/state/STAGE[.taskN].lease` names its holder (host, PID namespace, pid, Slurm job) and when
+it was last renewed. Why a lease and not a lock: fcntl/flock locks are not reliable on every NFS a cluster
 mounts (and a lock held by a dead node may never be released), while two plain file operations
 are atomic on every POSIX and NFS file system: `link` (taking a free lease: exactly one of two
 racers succeeds) and `rename` (renewing it). A second copy of a running stage is refused naming
 the holder. A lease whose holder is gone is taken over safely:
-- same host, pid no longer alive: at once;
+- same host and PID namespace, pid no longer alive: at once (a container with its own PID namespace
+  may share the host's name, as with `--network=host`: its pids say nothing here, and the reverse);
 - the holder was an earlier attempt of this same Slurm job (a requeue after preemption or a
   node failure; Slurm starts a new attempt only once the old one is gone): at once;
 - otherwise once it has not been renewed for EXPIRES_S (a dead node, a vanished process).
@@ -45,7 +46,7 @@ def lease_file(run_path: Path, stage: str, task: int | None) -> Path:
 def hold(path: Path, name: str, job: str | None = None) -> Iterator[None]:
     """Hold the lease at `path` for the body (`name`: the stage as people say it); DataError naming
     the holder when another live process holds it."""
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "job": job, "token": uuid.uuid4().hex}
+    me = {**_here(), "pid": os.getpid(), "job": job, "token": uuid.uuid4().hex}
     _acquire(path, name, me)
     stop = threading.Event()
     beat = threading.Thread(target=_renew, args=(path, name, me, stop), daemon=True, name=f"lease {name}")
@@ -75,8 +76,8 @@ def _acquire(path: Path, name: str, me: dict[str, Any]) -> None:
         why = _gone(holder, me)
         if why is None:
             age = time.time() - holder.get("renewed", 0)
-            raise DataError(f"{name} is already running in {path.parent.parent} (host {holder.get('host')}, pid "
-                            f"{holder.get('pid')}, job {holder.get('job') or 'none'}; its lease renewed {age:.0f} s ago): "
+            raise DataError(f"{name} is already running in {path.parent.parent} ({who(holder)}; its lease renewed "
+                            f"{age:.0f} s ago): "
                             f"a second copy would write the same files. If that process is gone, its lease expires "
                             f"{max(0.0, EXPIRES_S - age):.0f} s from now")
         log.warning("%s: taking over the lease of host %s pid %s (%s)", name, holder.get("host"), holder.get("pid"), why)
@@ -94,22 +95,46 @@ def _acquire(path: Path, name: str, me: dict[str, Any]) -> None:
 
 def live_holders(run_path: Path) -> list[dict[str, Any]]:
     """The holders of the run's leases that may still be running (each with its `lease` file)."""
-    me = {"host": socket.gethostname(), "job": None}
+    me = {**_here(), "job": None}
     return [{**holder, "lease": path} for path in sorted((run_path / "state").glob("*.lease"))
             if (holder := _read(path)) and _gone(holder, me) is None]
+
+
+def running(run_path: Path, stage: str, besides: Path | None = None) -> str:
+    """Who may be running `stage` (any of its tasks) in the run, as `who` says it ("" when nobody),
+    the lease at `besides` (this process's own) aside."""
+    for holder in live_holders(run_path):
+        if holder["lease"].name.split(".")[0] == stage and holder["lease"] != besides:
+            return who(holder)
+    return ""
+
+
+def who(holder: dict[str, Any]) -> str:
+    """A lease's holder, for people: "host H, pid P, job J"."""
+    return f"host {holder.get('host')}, pid {holder.get('pid')}, job {holder.get('job') or 'none'}"
 
 
 def _gone(holder: dict[str, Any], me: dict[str, Any]) -> str | None:
     """Why the holder of a lease is certainly gone, or None while it may be alive."""
     if not holder:
         return "an unreadable lease"
-    if holder.get("host") == me["host"] and not _alive(int(holder.get("pid", -1))):
+    same_pids = holder.get("host") == me["host"] and holder.get("pid_namespace") == me["pid_namespace"]
+    if same_pids and not _alive(int(holder.get("pid", -1))):
         return "its process is gone"
     if me["job"] is not None and holder.get("job") == me["job"]:
         return "an earlier attempt of this job"
     if time.time() - holder.get("renewed", 0) > EXPIRES_S:
         return f"not renewed for more than {EXPIRES_S:.0f} s"
     return None
+
+
+def _here() -> dict[str, Any]:
+    """Where this process's pids mean something: its host and PID namespace (None where /proc has none)."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]": one inode per namespace
+    except OSError:
+        namespace = None
+    return {"host": socket.gethostname(), "pid_namespace": namespace}
 
 
 def _alive(pid: int) -> bool:

@@ -1,9 +1,10 @@
 """Running a stage: the one call behind every stage name, from the CLI, a Slurm job or a sweep.
 
-Its config is checked first (nothing is written for a config that cannot run), then the run
-directory is opened for the stage (worldmodels.identity: its identity checked or recorded, reused
-from a base run where a branch allows), and only then does the stage's function run, unless the
-stage is reused, in which case there is nothing to do.
+Its config is checked first, and its identity (worldmodels.identity: checked against the run's
+records, reused from a base run where a branch allows): nothing is written for a config that cannot
+run. Then the stage's lease is taken (worldmodels.lease), and only under it is the identity
+recorded and the stage's function run, unless the stage is reused, in which case there is nothing
+to do: a second copy, refused, changes nothing.
 """
 
 from __future__ import annotations
@@ -37,11 +38,16 @@ def run_stage(name: str, cfg: Config, run_dir: str | Path, task: int = 0, num_ta
         from worldmodels.rounds import previous
 
         previous(RunDir(run_dir), cfg)
-    run = identity.begin(cfg, run_dir, name, base)
-    if run.owner(name) is not run:
-        return f"{name}: reused from {run.owner(name).path} (finished there with the same identity)"
+    identity.decide(cfg, run_dir, name, base)  # nothing is written for a config or base that cannot run
+    run = identity.writable(Path(run_dir))
+    part = task if stage.tasks and num_tasks > 1 else None
+    held = lease.lease_file(run.path, name, part)
     try:
-        with _lease(run, name, task if stage.tasks and num_tasks > 1 else None, job), _one_blas_thread():
+        with _lease(held, name, part, job), _one_blas_thread():
+            # recorded under the lease: a copy refused because the stage is running changes nothing
+            run = identity.begin(cfg, run.path, name, base, held)
+            if run.owner(name) is not run:
+                return f"{name}: reused from {run.owner(name).path} (finished there with the same identity)"
             if restart:
                 _set_checkpoints_aside(run, name)
             if stage.tasks:
@@ -69,7 +75,7 @@ def _one_blas_thread():
 
 
 @contextlib.contextmanager
-def _lease(run: RunDir, name: str, task: int | None, job: str | None) -> Iterator[None]:
+def _lease(path: Path, name: str, task: int | None, job: str | None) -> Iterator[None]:
     """The stage's lease, held by the master for all MPI ranks; every rank stops if it is refused."""
     from worldmodels.distributed import world
 
@@ -78,8 +84,7 @@ def _lease(run: RunDir, name: str, task: int | None, job: str | None) -> Iterato
         refused = None
         if group.rank == 0:
             try:
-                stack.enter_context(lease.hold(lease.lease_file(run.path, name, task),
-                                               name if task is None else f"{name}[task {task}]", job))
+                stack.enter_context(lease.hold(path, name if task is None else f"{name}[task {task}]", job))
             except DataError as exc:
                 refused = str(exc)
         refused = group.bcast(refused)

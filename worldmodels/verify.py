@@ -30,8 +30,7 @@ def verify(run_dir: str | Path, repair: bool = False) -> tuple[list[str], list[s
     holders = lease.live_holders(run.path) if repair else []
     if holders:  # never change what a running stage is writing
         holder = holders[0]
-        raise DataError(f"{holder['lease'].stem} is running in {run.path} (host {holder['host']}, pid {holder['pid']}, "
-                            f"job {holder.get('job') or 'none'}): repair once it has stopped")
+        raise DataError(f"{holder['lease'].stem} is running in {run.path} ({lease.who(holder)}): repair once it has stopped")
     problems, notes, unrepaired, rerun = [], [], 0, []
     for stage, attr in STORES.items():
         path = getattr(run, attr)
