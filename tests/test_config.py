@@ -36,6 +36,8 @@ def test_overrides_parse_yaml_values_and_coerce_ints_to_floats():
     ("controller.sigma0=.inf", "controller.sigma0"),  # non-finite numbers, which YAML reads as floats
     ("vae.lr=.nan", "vae.lr"),
     ("mdnrnn.tau=-.inf", "mdnrnn.tau"),
+    ("vae.lr=inf", "vae.lr"),  # and as the strings a float is also read from ("1e-4")
+    ("controller.sigma0=nan", "controller.sigma0"),
     ("mdnrnn.reward_scale=0", "mdnrnn.reward_scale"),  # zero where a scale divides
     ("env.repeat_action_probability=1", "env.repeat_action_probability"),
     ("controller.inputs=zc", "controller.inputs"),  # the ablations: what C sees, an untrained M, the protocols

@@ -111,6 +111,10 @@ def test_a_changed_identity_is_refused_naming_the_stage_and_key_and_how_to_branc
     proc = run_cli("train-controller", "--config", SMOKE, "--run-dir", base, "vae.lr=0.5", check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "train-vae in" in proc.stderr and "vae.lr: 0.0001 -> 0.5" in proc.stderr and f"--from {base}" in proc.stderr
+    # nor may an earlier stage's start save other values for a later one that ran (config.yaml would say them)
+    proc = run_cli("collect", "--config", SMOKE, "--run-dir", base, "controller.generations=50", check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "train-controller in" in proc.stderr and "controller.generations: 3 -> 50" in proc.stderr
     assert tree_digest(base) == before
 
 

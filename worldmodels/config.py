@@ -7,6 +7,7 @@ last. Unknown keys and values of the wrong type are errors that name the key.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import types
@@ -347,10 +348,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         return float(value)
     if hint is float and isinstance(value, str):
         # YAML 1.1 reads 1e-4 (no dot) as a string; people write learning rates that way.
-        try:
-            return float(value)
-        except ValueError:
-            pass
+        with contextlib.suppress(ValueError):
+            value = float(value)  # and checked below like any float ("inf" and "nan" parse too)
     if hint in (int, float) and isinstance(value, bool):
         raise ConfigError(f"config key '{key}' must be {_type_name(hint)}, got {value!r}")
     if hint is float and isinstance(value, float) and not math.isfinite(value):

@@ -113,6 +113,11 @@ def decide(cfg: Config, run_dir: str | Path, stage: str, base: str | Path | None
         record = _decide(cfg, run, name, base_run, decided, held)
         if record is not None:
             decided[name] = record
+    # the stages after it keep their records until they start, but config.yaml, which commands without
+    # --config read, is saved now: it may not take other values for a stage that has made something
+    for name in STAGES:
+        if name not in chain(stage):
+            _decide(cfg, run, name, None, decided, None)
     return decided
 
 
