@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="one run per point of a grid of settings and seeds, locally or as Slurm arrays")
     _config_args(p, run_dir=False)
     p.add_argument("--sweep-dir", type=Path, required=True, help="the sweep folder: one run directory per point")
-    p.add_argument("--grid", nargs="+", required=True, metavar="key=a,b", help="values to sweep, e.g. controller.seed=1,2,3")
+    p.add_argument("--grid", nargs="+", action="extend", required=True, metavar="key=a,b",
+                   help="values to sweep, e.g. controller.seed=1,2,3 (repeatable)")
     p.add_argument("--from", dest="base", type=Path, metavar="BASE", help="branch every point from BASE")
     p.add_argument("--executor", choices=("local", "slurm"), default="local",
                    help="local: every point here, in sequence; slurm: one array job per stage across the points")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import SMOKE, cli_env, run_cli, tree_digest
-from worldmodels import config
+from worldmodels import config, identity
 from worldmodels.checkpoint import Checkpointer, load_file
 from worldmodels.stages import chain
 
@@ -121,7 +121,7 @@ def test_a_changed_identity_is_refused_naming_the_stage_and_key_and_how_to_branc
 def test_values_of_a_stage_that_has_made_nothing_yet_may_change(tmp_path):
     run = tmp_path / "run"
     run_cli("collect", "--config", SMOKE, "--run-dir", run)
-    run_cli("train-controller", "--config", SMOKE, "--run-dir", run, check=False)  # fails: no V yet; records its identity
+    identity.begin(config.load(SMOKE), run, "report")  # as `submit` does: every stage's identity recorded
     proc = run_cli("train-vae", "--config", SMOKE, "--run-dir", run, "vae.steps=4", "controller.popsize=6")
     assert "finished at step 4" in proc.stdout
 
@@ -228,6 +228,25 @@ def test_a_local_sweep_branches_every_point_and_compare_gives_each_point_its_int
     assert json.loads((tmp_path / "reseeded-compare" / "results.json").read_text())["seed_keys"] == ["controller.seed", "seed"]
     proc = run_cli(*args[:-1], "controller.seed=1,2,3", check=False)  # another grid for the same folder
     assert proc.returncode == 2 and "made with other settings" in proc.stderr
+    # a sweep folder is no run directory, nor the reverse; a value twice in a grid is a mistake
+    before = tree_digest(base), tree_digest(sweep)
+    for command, message in [(["collect", "--config", SMOKE, "--run-dir", sweep], "is a sweep folder"),
+                             (["verify", sweep], "is a sweep folder: verify each of its points"),
+                             (["verify", tmp_path / "grouped"], "is not a run directory"),
+                             (["sweep", "--config", SMOKE, "--sweep-dir", base, "--grid", "controller.seed=1,2"],
+                              "is a run directory"),
+                             (["sweep", "--config", SMOKE, "--sweep-dir", tmp_path / "s2", "--grid", "controller.seed=1,1"],
+                              "repeats a value")]:
+        proc = run_cli(*command, check=False)
+        assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert (tree_digest(base), tree_digest(sweep)) == before and not (tmp_path / "s2").exists()
+
+
+def test_grids_given_with_several_grid_flags_add_up():
+    from cli.main import build_parser
+
+    args = build_parser().parse_args(["sweep", "--sweep-dir", "s", "--grid", "controller.seed=1,2", "--grid", "vae.lr=0.1,0.2"])
+    assert args.grid == ["controller.seed=1,2", "vae.lr=0.1,0.2"]
 
 
 def test_the_bootstrap_interval_and_the_iqm_follow_their_definitions():

@@ -170,9 +170,11 @@ def test_encode_resumed_midway_equals_encode_in_one_go(upstream, tmp_path):
 
 def test_stages_refuse_missing_or_unfinished_inputs(tmp_path):
     run = tmp_path / "run"
-    for stage, message in [("train-vae", "no dataset"), ("encode", "no dataset"), ("train-mdnrnn", "no dataset")]:
+    for stage, message in [("train-vae", "collect is not finished"), ("encode", "train-vae is not finished"),
+                           ("train-mdnrnn", "encode is not finished"), ("report", "evaluate is not finished")]:
         proc = run_cli(stage, "--config", SMOKE, "--run-dir", run, check=False)
         assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert not run.exists()  # a mistyped run directory is not made
     run_cli("collect", "--config", SMOKE, "--run-dir", run)
     proc = run_cli("encode", "--config", SMOKE, "--run-dir", run, check=False)
     assert proc.returncode == 2 and "train-vae is not finished" in proc.stderr

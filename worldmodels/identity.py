@@ -106,7 +106,11 @@ def decide(cfg: Config, run_dir: str | Path, stage: str, base: str | Path | None
     """The stage records `begin` writes for `stage` under `cfg` (its own and those of the stages it
     reads from that change), or the clear error it raises; writes nothing. `held`: the lease this
     process holds for the stage (worldmodels.lease), which is not another copy running it."""
+    from worldmodels.sweep import Sweep
+
     run = RunDir(run_dir)
+    if Sweep.is_sweep(run.path):
+        raise ConfigError(f"--run-dir {run.path} is a sweep folder: name one of its points, or a new run directory")
     base_run = open_base(Path(base)) if base is not None else None
     decided: dict[str, dict[str, Any]] = {}
     for name in chain(stage):

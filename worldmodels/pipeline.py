@@ -38,7 +38,8 @@ def run_stage(name: str, cfg: Config, run_dir: str | Path, task: int = 0, num_ta
         from worldmodels.rounds import previous
 
         previous(RunDir(run_dir), cfg)
-    identity.decide(cfg, run_dir, name, base)  # nothing is written for a config or base that cannot run
+    decided = identity.decide(cfg, run_dir, name, base)  # nothing is written for a config or base that cannot run,
+    _check_inputs(cfg, RunDir(run_dir), name, decided)  # nor for a stage whose inputs are not made (a mistyped run dir)
     run = identity.writable(Path(run_dir))
     part = task if stage.tasks and num_tasks > 1 else None
     held = lease.lease_file(run.path, name, part)
@@ -58,6 +59,16 @@ def run_stage(name: str, cfg: Config, run_dir: str | Path, task: int = 0, num_ta
         if explained is None:
             raise
         raise explained from None
+
+
+def _check_inputs(cfg: Config, run: RunDir, name: str, decided: dict[str, dict]) -> None:
+    """A stage reads what the stages before it finished (here or where the branch reuses them from)."""
+    for needed in STAGES[name].inputs(cfg):
+        record = decided.get(needed) or run.stage_record(needed) or {}
+        owner = RunDir(record["reused_from"]) if record.get("reused_from") else run
+        if not identity.finished(owner, needed, cfg):
+            raise DataError(f"{needed} is not finished in {owner.path}, and {name} reads what it makes: run {needed} "
+                            f"first (or check the run directory)")
 
 
 def _one_blas_thread():

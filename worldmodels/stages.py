@@ -34,6 +34,11 @@ class Stage:
     mpi: bool = False  # runs as MPI ranks (one Slurm job of nodes x tasks under srun --mpi=pmix)
     figures: tuple[tuple[str, str], ...] = ()  # pictures it leaves in report/: (file, title)
     check: str = ""  # "module:function": checks the config can run (function(cfg)) before anything is written
+    needs: Callable[[Config], tuple[str, ...]] | None = None  # the stages it needs finished first (default: upstream)
+
+    def inputs(self, cfg: Config) -> tuple[str, ...]:
+        """The stages that must have finished before this one starts."""
+        return self.upstream if self.needs is None else self.needs(cfg)
 
     def function(self) -> Callable[..., str]:
         return _resolve(self.entry)
@@ -120,7 +125,8 @@ _RECORDS = (
                    ("vae-reconstructions.png", "V: frames and their reconstructions"))),
     Stage("encode", "encode every episode to mu/logvar in RUN_DIR/data/latents.zarr",
           "worldmodels.encode:encode", units=encoded_episodes,
-          progress=_episodes(lambda run: run.latents, encoded_episodes), upstream=("train-vae",), config=("encode",), tasks=True),
+          progress=_episodes(lambda run: run.latents, encoded_episodes), upstream=("train-vae",), config=("encode",), tasks=True,
+          needs=lambda cfg: ("collect",) if cfg.encode.vae else ("train-vae",)),  # encode.vae: a V from elsewhere
     Stage("train-mdnrnn", "train M, the MDN-RNN, on the latents into RUN_DIR/checkpoints/mdnrnn",
           "worldmodels.train_mdnrnn:train_mdnrnn", units=lambda cfg: cfg.mdnrnn.steps,
           progress=_steps("train-mdnrnn", lambda cfg: cfg.mdnrnn.steps), upstream=("encode",), config=("mdnrnn",),

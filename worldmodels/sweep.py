@@ -21,6 +21,7 @@ from worldmodels import config as config_lib
 from worldmodels.config import Config
 from worldmodels.errors import ConfigError
 from worldmodels.files import atomic_write, read_json
+from worldmodels.rundir import RunDir
 from worldmodels.tracking import log
 
 SWEEP_FILE = "sweep.json"
@@ -52,6 +53,10 @@ class Sweep:
             if key in grid:
                 raise ConfigError(f"grid key '{key}' is given twice")
             grid[key] = values.split(",")
+            if len(set(grid[key])) < len(grid[key]):
+                raise ConfigError(f"grid key '{key}' repeats a value ({values})")
+        if RunDir(directory).config_file.is_file():
+            raise ConfigError(f"--sweep-dir {directory} is a run directory: use a new sweep folder")
         if base is not None:
             from worldmodels.identity import open_base
 

@@ -27,6 +27,11 @@ def verify(run_dir: str | Path, repair: bool = False) -> tuple[list[str], list[s
     run = RunDir(run_dir)
     if not run.path.is_dir():
         raise DataError(f"no run directory {run.path}")
+    if not run.config_file.is_file():  # nothing would be checked, and "sound" said of it
+        from worldmodels.sweep import Sweep
+
+        what = "a sweep folder: verify each of its points" if Sweep.is_sweep(run.path) else "not a run directory"
+        raise DataError(f"{run.path} is {what} (no {run.config_file.name})")
     holders = lease.live_holders(run.path) if repair else []
     if holders:  # never change what a running stage is writing
         holder = holders[0]
