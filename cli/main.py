@@ -265,3 +265,6 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as exc:
         print(f"{args.command}: {exc}", file=sys.stderr)
         return REQUEUE_EXIT_CODE
+    except KeyboardInterrupt:  # a Ctrl-C outside a stage's loop, or a second one: what was saved stays
+        print(f"{args.command}: interrupted (Ctrl-C); rerun the same command to go on", file=sys.stderr)
+        return 130

@@ -74,8 +74,8 @@ def wait_for_step(run: Path, stage: str, step: int, proc, timeout=120):
     raise AssertionError("no progress")
 
 
-@pytest.mark.parametrize("stage", ["train-vae", "train-mdnrnn"])
-def test_sigterm_at_a_random_step_then_rerun_ends_bitwise_identical(upstream, tmp_path, stage):
+@pytest.mark.parametrize("stage, sig", [("train-vae", signal.SIGTERM), ("train-mdnrnn", signal.SIGINT)])  # SIGINT: Ctrl-C
+def test_sigterm_at_a_random_step_then_rerun_ends_bitwise_identical(upstream, tmp_path, stage, sig):
     keep = ("config.yaml", "data") if stage == "train-vae" else ("config.yaml", "data", "checkpoints/vae")
     whole, whole_args = fresh_copy(upstream, tmp_path, "whole", keep)
     cut, cut_args = fresh_copy(upstream, tmp_path, "cut", keep)
@@ -84,7 +84,7 @@ def test_sigterm_at_a_random_step_then_rerun_ends_bitwise_identical(upstream, tm
     at = random.randrange(2, total - 8)
     proc = start_cli(stage, *cut_args)
     wait_for_step(cut, stage, at, proc)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     assert proc.wait(60) == 75, proc.stderr.read()
     stopped = final_state(cut, stage)["step"]
     assert at <= stopped < total, f"interrupted at step {stopped}, asked at {at}"

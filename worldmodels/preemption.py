@@ -1,4 +1,4 @@
-"""SIGTERM/SIGUSR2 become a flag that stage loops check at safe points.
+"""SIGTERM/SIGUSR2 (and Ctrl-C) become a flag that stage loops check at safe points.
 
 Slurm sends SIGUSR2 (with `--signal`) before a preemption or time limit and SIGTERM when it
 cancels; a local user or container runtime sends SIGTERM. Either way the stage finishes the
@@ -15,7 +15,9 @@ from types import FrameType
 from worldmodels.errors import Interrupted
 
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: the work is unfinished but safe; run the same command again
-SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+# SIGINT (Ctrl-C in a terminal) too: the steps since the last checkpoint are saved, not lost; a
+# second Ctrl-C stops at once, for a stage that does not reach a safe point soon enough
+SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
 
 
 class StopFlag:
@@ -34,6 +36,8 @@ class StopFlag:
             raise Interrupted(self.signum)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
         self.signum = signum
 
     def __enter__(self) -> "StopFlag":
