@@ -262,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc.filename or exc}: permission denied; the run's owner can open it up (its files "
               "follow the owner's umask: 002 shares them with the group)", file=sys.stderr)
         return ERROR_EXIT_CODE
+    except OSError as exc:  # a path given for output that cannot be written (a file where a folder goes, /proc)
+        print(f"error: {exc.filename or ''}: {exc.strerror or exc}".replace("error: : ", "error: "), file=sys.stderr)
+        return ERROR_EXIT_CODE
     except Interrupted as exc:
         print(f"{args.command}: {exc}", file=sys.stderr)
         return REQUEUE_EXIT_CODE

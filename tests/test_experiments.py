@@ -233,6 +233,9 @@ def test_a_local_sweep_branches_every_point_and_compare_gives_each_point_its_int
     for command, message in [(["collect", "--config", SMOKE, "--run-dir", sweep], "is a sweep folder"),
                              (["verify", sweep], "is a sweep folder: verify each of its points"),
                              (["verify", tmp_path / "grouped"], "is not a run directory"),
+                             (["compare", sweep, "--out", sweep / points[0] / "eval"], "lies in the run directory"),
+                             (["push", "--run-dir", sweep / points[0], "--dry-run", base], "lies in the run directory"),
+                             (["compare", sweep, "--out", "/proc/compare"], "error: /proc/compare: "),  # unwritable
                              (["sweep", "--config", SMOKE, "--sweep-dir", base, "--grid", "controller.seed=1,2"],
                               "is a run directory"),
                              (["sweep", "--config", SMOKE, "--sweep-dir", tmp_path / "s2", "--grid", "controller.seed=1,1"],

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from worldmodels.errors import DataError
+from worldmodels.errors import ConfigError, DataError
 from worldmodels.files import atomic_write
-from worldmodels.rundir import RunDir
+from worldmodels.rundir import RunDir, run_holding
 from worldmodels.scores import blocks
 from worldmodels.tracking import log
 
@@ -140,6 +140,8 @@ def compare(dirs: list[Path], out: Path | None = None) -> Path:
 
     if out is None:
         out = (dirs[0] / "compare") if len(dirs) == 1 and Sweep.is_sweep(dirs[0]) else Path("compare")
+    if (run := run_holding(out)) is not None:
+        raise ConfigError(f"--out {out} lies in the run directory {run}, whose files it could replace: choose another folder")
     summary = summarise(runs_of(dirs))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "results.json", json.dumps(summary, indent=1).encode())

@@ -17,7 +17,7 @@ from pathlib import Path
 from worldmodels.config import Config
 from worldmodels.errors import ConfigError, DataError
 from worldmodels.reference import PUBLISHED, PUBLISHED_SOURCE
-from worldmodels.rundir import RunDir
+from worldmodels.rundir import RunDir, run_holding
 from worldmodels.scores import blocks, policy_scores, protocol, stats, summary_line
 
 REPLAY = "replay.mp4"
@@ -97,6 +97,9 @@ def push(cfg: Config, run_dir: str | Path, repo_id: str | None, dry_run: Path | 
     if not run.config_file.is_file():
         raise DataError(f"nothing to push: {run.path} is not a run directory (no {run.config_file.name})")
     if dry_run is not None:
+        if (other := run_holding(dry_run)) is not None:
+            raise ConfigError(f"--dry-run {dry_run} lies in the run directory {other}, whose files it could replace: "
+                              "choose another folder")
         return str(write_folder(cfg, run, Path(dry_run), repo_id))
     if not repo_id:
         raise ConfigError("push needs --repo-id (or --dry-run DIR)")

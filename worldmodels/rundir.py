@@ -47,6 +47,15 @@ CHECKPOINTS = {"train-vae": "vae", "train-mdnrnn": "mdnrnn", "train-controller":
 STALE_AFTER_S = 120.0  # a "running" state not refreshed for this long is reported as interrupted
 
 
+def run_holding(path: str | Path) -> Path | None:
+    """The run directory that `path` is or lies in (None when none): where a command writing files
+    for people (compare, push --dry-run) must not, or a run's own files would be replaced."""
+    for folder in [Path(path).resolve(), *Path(path).resolve().parents]:
+        if (folder / CONFIG_FILE).is_file() and (folder / "stages").is_dir():
+            return folder
+    return None
+
+
 class RunDir:
     """One run directory: the path of every artifact (through the stage that owns it) and its loaders."""
 
