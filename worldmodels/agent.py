@@ -93,7 +93,9 @@ def _download(repo_id: str) -> Path:
     try:
         return Path(snapshot_download(repo_id, allow_patterns=["config.yaml", "models/*"]))
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
-        raise DataError(f"cannot download the agent {repo_id} from the Hugging Face Hub: {str(exc).splitlines()[0]}") from None
+        # USER/NAME is also how a mistyped local path looks: say both
+        raise DataError(f"no folder {repo_id} here, and cannot download the agent {repo_id} from the Hugging Face Hub: "
+                        f"{str(exc).splitlines()[0]}") from None
 
 
 def play(agent: Agent, episodes: int, video: Path | None = None, protocol: str | None = None,

@@ -398,7 +398,8 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 def _read_preset(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if not path.is_file():
-        raise ConfigError(f"config file '{path}' does not exist")
+        named = f" (named by 'extends' in '{seen[-1]}')" if seen else ""
+        raise ConfigError(f"config file '{path}' {'is a folder' if path.is_dir() else 'does not exist'}{named}")
     if path.resolve() in seen:
         raise ConfigError(f"config file '{path}' extends itself")
     try:

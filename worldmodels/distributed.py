@@ -80,11 +80,18 @@ def world() -> Single | Mpi:
 
 def task_episodes(episodes: int, task: int, num_tasks: int) -> range:
     """The episodes task `task` of `num_tasks` owns (strided, so tasks get similar amounts)."""
+    check_task(task, num_tasks)
+    return range(task, episodes, num_tasks)
+
+
+def check_task(task: int, num_tasks: int) -> None:
+    """A clear error unless task is one of 0..num_tasks-1."""
     from worldmodels.errors import ConfigError
 
-    if num_tasks < 1 or not 0 <= task < num_tasks:
+    if num_tasks < 1:
+        raise ConfigError(f"--num-tasks must be at least 1, got {num_tasks}")
+    if not 0 <= task < num_tasks:
         raise ConfigError(f"task {task} is not one of 0..{num_tasks - 1}")
-    return range(task, episodes, num_tasks)
 
 
 def share(items: int, rank: int, size: int) -> range:

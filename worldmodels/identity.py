@@ -153,14 +153,14 @@ def _decide(cfg: Config, run: RunDir, name: str, base: RunDir | None, decided: d
         changed = "; ".join(differences(record["identity"], given))
         if record.get("reused_from"):
             raise ConfigError(f"{name} is reused from {record['reused_from']}, which ran it with other values ({changed}); "
-                              f"to run {name} with the new values, branch: --run-dir NEW --from {run.path}")
+                              f"to run {name} with the new values, branch: {_branching(run, cfg)}")
         running = lease.running(run.path, name, besides=held)
         if running:  # it has made nothing yet, but its record is the identity it runs with
             raise ConfigError(f"{name} is running in {run.path} ({running}) with other values ({changed}); wait "
-                              f"for it to end, or branch into a new run directory: --run-dir NEW --from {run.path}")
+                              f"for it to end, or branch into a new run directory: {_branching(run, cfg)}")
         if started(run, name, cfg):
             raise ConfigError(f"{name} in {run.path} was run with other values ({changed}); to run it with the new "
-                              f"values, branch into a new run directory: --run-dir NEW --from {run.path}")
+                              f"values, branch into a new run directory: {_branching(run, cfg)}")
     reused_from = None
     upstream_reused = all((decided[up] if up in decided else run.stage_record(up) or {}).get("reused_from")
                           for up in STAGES[name].upstream)
@@ -182,6 +182,16 @@ def _decide(cfg: Config, run: RunDir, name: str, base: RunDir | None, decided: d
                      "; ".join(differences(their_identity, given)))
     return {"stage": name, "format": RUN_FORMAT, "identity": given, "digest": digest(given),
             "reused_from": reused_from, "decided": time.time()}
+
+
+def _branching(run: RunDir, cfg: Config) -> str:
+    """How to branch from `run`, for people: a later round branches from round 0, round by round."""
+    from worldmodels.rounds import first_round
+
+    k = cfg.rounds.index
+    if not k:
+        return f"--run-dir NEW --from {run.path}"
+    return f"--run-dir NEW --from {first_round(run, cfg)}, with --round R for every round R from 0 to {k}"
 
 
 def started(run: RunDir, name: str, cfg: Config) -> bool:

@@ -32,6 +32,10 @@ def run_stage(name: str, cfg: Config, run_dir: str | Path, task: int = 0, num_ta
     The stage (task) holds its lease while it runs (worldmodels.lease; `job`: the Slurm job, named
     to whoever finds it held), so a second copy is refused instead of writing the same files."""
     stage = STAGES[name]
+    if stage.tasks:
+        from worldmodels.distributed import check_task
+
+        check_task(task, num_tasks)
     for needed in chain(name):
         STAGES[needed].check_config(cfg)
     if cfg.rounds.index:  # a later round needs the round before it trained (worldmodels.rounds)
