@@ -11,6 +11,7 @@ import torch
 from conftest import SMOKE, run_cli, start_cli, assert_same_store, tree_digest
 from worldmodels.checkpoint import Checkpointer, load_file, save_file
 from worldmodels.dataset import EpisodeStore
+from worldmodels.rundir import RunDir
 from worldmodels.stages import chain
 
 STEPS = {"train-vae": ["vae.steps=30"], "train-mdnrnn": ["mdnrnn.steps=40"]}
@@ -97,6 +98,8 @@ def test_sigterm_at_a_random_step_then_rerun_ends_bitwise_identical(upstream, tm
     assert_bitwise_equal(a["model"], b["model"], f"model (interrupted at step {stopped})")
     assert_bitwise_equal(a["optimizer"], b["optimizer"], "optimizer")
     assert (whole / "logs" / f"{stage}.jsonl").read_text() == (cut / "logs" / f"{stage}.jsonl").read_text()
+    last = f"step-{total:09d}.pt"  # the file itself, though the resumed run read its strings back from another
+    assert RunDir(whole).checkpoints(stage).joinpath(last).read_bytes() == RunDir(cut).checkpoints(stage).joinpath(last).read_bytes()
 
 
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):

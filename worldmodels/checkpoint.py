@@ -13,7 +13,9 @@ import hashlib
 import io
 import json
 import logging
+import sys
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -107,6 +109,22 @@ class Checkpointer:
                 part.replace(part.with_name(part.name + ".corrupt"))
 
 
+def _canonical(value: Any) -> Any:
+    """`value` with every string interned: pickle writes a string once per object and refers back to
+    it after, so the same state would be laid out (and hashed) otherwise by a run resumed from a
+    checkpoint, whose strings were read back as new objects, than by one that made them itself."""
+    if type(value) is str:
+        return sys.intern(value)
+    if type(value) in (dict, OrderedDict):  # a module's state_dict: an OrderedDict with its _metadata
+        out = type(value)((_canonical(k), _canonical(v)) for k, v in value.items())
+        if hasattr(value, "_metadata"):
+            out._metadata = _canonical(value._metadata)
+        return out
+    if type(value) in (list, tuple):
+        return type(value)(_canonical(v) for v in value)
+    return value
+
+
 def save_file(path: str | Path, state: dict[str, Any], summary: dict[str, Any] | None = None, *,
               root: Path | None = None) -> Path:
     """Write `state` to `path` atomically, then its marker (size, sha256 and `summary`) beside it;
@@ -115,7 +133,7 @@ def save_file(path: str | Path, state: dict[str, Any], summary: dict[str, Any] |
 
     path = Path(path)
     buffer = io.BytesIO()
-    torch.save(state, buffer)
+    torch.save(_canonical(state), buffer)
     data = buffer.getvalue()
     atomic_write(path, data, root=root)
     marker = {**(summary or {}), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
