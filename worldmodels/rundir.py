@@ -167,7 +167,8 @@ class RunDir:
         directory = self.checkpoints(stage)
         step = latest_step(directory)
         if step is None or step < total:
-            raise DataError(f"{stage} is not finished (checkpoint step {step} of {total} in {directory}); run it first")
+            where = f"no checkpoint in {directory}" if step is None else f"checkpoint step {step} of {total} in {directory}"
+            raise DataError(f"{stage} is not finished ({where}); run it first")
         return directory / f"step-{step:09d}.pt"
 
     def vae_checkpoint(self, cfg: Config) -> Path:
