@@ -123,6 +123,20 @@ def test_a_refused_second_copy_changes_nothing_and_one_with_other_values_is_refu
     first.wait()
 
 
+def test_tasks_of_one_stage_starting_together_with_new_values_do_not_refuse_each_other(tmp_path):
+    """Task 1 holds its lease with the new values but has not yet recorded them (the record still says
+    the old ones, which made nothing): task 0 goes on, as it would alone."""
+    run = tmp_path / "run"
+    new = ["collect.episodes=4", "env.max_steps=100"]
+    identity.begin(config.load(SMOKE, ["collect.episodes=5", "env.max_steps=100"]), run, "collect")
+    sibling = holding_a_lease(run / "state" / "collect.task1.lease",
+                              identity.digest(identity.identity(config.load(SMOKE, new), "collect")))
+    proc = run_cli("collect", "--config", SMOKE, "--run-dir", run, *new, "--task", "0", "--num-tasks", "2")
+    assert "2 collected now" in proc.stdout, proc.stdout + proc.stderr
+    sibling.kill()
+    sibling.wait()
+
+
 def test_a_holder_in_another_pid_namespace_of_this_host_is_not_taken_for_gone(tmp_path):
     """A container sharing the host's name (`--network=host`) with its own PID namespace sees none
     of the host's processes: a live holder there must not look dead from here, nor the reverse."""
@@ -156,11 +170,12 @@ def test_a_lease_held_on_another_node_is_honoured_until_it_expires_or_its_job_is
     assert "not renewed for more than 60 s" in proc.stderr and not lease.exists()
 
 
-def holding_a_lease(path: Path) -> subprocess.Popen:
-    """A process holding the lease at `path` (renewed every 0.1 s) for a minute, once it holds it."""
+def holding_a_lease(path: Path, identity: str | None = None) -> subprocess.Popen:
+    """A process holding the lease at `path` (renewed every 0.1 s) for a minute, once it holds it
+    (running a stage of the identity digest `identity`)."""
     code = ("import time, worldmodels.lease as lease\n"
             "lease.HEARTBEAT_S = 0.1\n"
-            f"with lease.hold(__import__('pathlib').Path({str(path)!r}), 'stage'):\n"
+            f"with lease.hold(__import__('pathlib').Path({str(path)!r}), 'stage', identity={identity!r}):\n"
             "    time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], env=cli_env(), stderr=subprocess.PIPE, text=True)
     wait_for(path.is_file, proc)

@@ -242,6 +242,22 @@ def test_when_no_checkpoint_verifies_every_rerun_stops_and_restart_starts_over(u
     assert len(list(aside.glob("*.corrupt"))) == 6  # kept, not deleted
 
 
+def test_after_verify_repair_sets_every_checkpoint_aside_a_plain_rerun_trains_the_same_files_again(upstream, tmp_path):
+    run, args = fresh_copy(upstream, tmp_path, "repair", ("config.yaml", "data"))
+    run_cli("train-vae", *args)
+    directory = run / "checkpoints" / "vae"
+    made = {p.name: p.read_bytes() for p in directory.glob("step-*.pt")}
+    for path in directory.glob("step-*.pt"):
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    proc = run_cli("verify", run, "--repair")  # the user asked for the rerun: it may start over
+    assert "repaired: rerun train-vae" in proc.stdout + proc.stderr
+    run_cli("train-vae", *args)
+    assert max(made) in {p.name for p in directory.glob("step-*.pt")}
+    assert directory.joinpath(max(made)).read_bytes() == made[max(made)]
+
+
 def test_identical_runs_write_identical_checkpoint_files_and_encode_knows_v_by_its_parameters(upstream, tmp_path):
     first, first_args = fresh_copy(upstream, tmp_path, "first", ("config.yaml", "data"))
     second, second_args = fresh_copy(upstream, tmp_path, "second", ("config.yaml", "data"))

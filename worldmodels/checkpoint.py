@@ -102,11 +102,13 @@ class Checkpointer:
         return None
 
 
-    def set_aside(self, step: int) -> None:
-        """Rename checkpoint `step` (data and marker) to `*.corrupt`: kept for a look, counted nowhere."""
+    def set_aside(self, step: int, suffix: str = "corrupt") -> None:
+        """Rename checkpoint `step` (data and marker) to `*.SUFFIX`: kept for a look, counted nowhere.
+        `*.corrupt` (found so when resuming) stops the stage from starting over; `*.repaired` (set aside
+        by `verify --repair`, whose user asked for the rerun) does not."""
         for part in (self.directory / f"step-{step:09d}.pt", self.directory / f"step-{step:09d}.json"):
             if part.exists():
-                part.replace(part.with_name(part.name + ".corrupt"))
+                part.replace(part.with_name(f"{part.name}.{suffix}"))
 
 
 def _canonical(value: Any) -> Any:

@@ -154,7 +154,7 @@ def _decide(cfg: Config, run: RunDir, name: str, base: RunDir | None, decided: d
         if record.get("reused_from"):
             raise ConfigError(f"{name} is reused from {record['reused_from']}, which ran it with other values ({changed}); "
                               f"to run {name} with the new values, branch: {_branching(run, cfg)}")
-        running = lease.running(run.path, name, besides=held)
+        running = lease.running_otherwise(run.path, name, digest(given), besides=held)
         if running:  # it has made nothing yet, but its record is the identity it runs with
             raise ConfigError(f"{name} is running in {run.path} ({running}) with other values ({changed}); wait "
                               f"for it to end, or branch into a new run directory: {_branching(run, cfg)}")

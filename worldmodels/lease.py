@@ -1,7 +1,7 @@
 """One writer per stage (per task for split stages): a lease file renewed by a heartbeat.
 
-`RUN_DIR/state/STAGE[.taskN].lease` names its holder (host, PID namespace, pid, Slurm job) and when
-it was last renewed. Why a lease and not a lock: fcntl/flock locks are not reliable on every NFS a cluster
+`RUN_DIR/state/STAGE[.taskN].lease` names its holder (host, PID namespace, pid, Slurm job, and the
+digest of the stage's identity it runs with) and when it was last renewed. Why a lease and not a lock: fcntl/flock locks are not reliable on every NFS a cluster
 mounts (and a lock held by a dead node may never be released), while two plain file operations
 are atomic on every POSIX and NFS file system: `link` (taking a free lease: exactly one of two
 racers succeeds) and `rename` (renewing it). A second copy of a running stage is refused naming
@@ -43,10 +43,11 @@ def lease_file(run_path: Path, stage: str, task: int | None) -> Path:
 
 
 @contextlib.contextmanager
-def hold(path: Path, name: str, job: str | None = None) -> Iterator[None]:
-    """Hold the lease at `path` for the body (`name`: the stage as people say it); DataError naming
-    the holder when another live process holds it."""
-    me = {**_here(), "pid": os.getpid(), "job": job, "token": uuid.uuid4().hex}
+def hold(path: Path, name: str, job: str | None = None, identity: str | None = None) -> Iterator[None]:
+    """Hold the lease at `path` for the body (`name`: the stage as people say it; `identity`: the
+    digest of the stage's identity it runs with); DataError naming the holder when another live
+    process holds it."""
+    me = {**_here(), "pid": os.getpid(), "job": job, "identity": identity, "token": uuid.uuid4().hex}
     _acquire(path, name, me)
     stop = threading.Event()
     beat = threading.Thread(target=_renew, args=(path, name, me, stop), daemon=True, name=f"lease {name}")
@@ -100,11 +101,12 @@ def live_holders(run_path: Path) -> list[dict[str, Any]]:
             if (holder := _read(path)) and _gone(holder, me) is None]
 
 
-def running(run_path: Path, stage: str, besides: Path | None = None) -> str:
-    """Who may be running `stage` (any of its tasks) in the run, as `who` says it ("" when nobody),
-    the lease at `besides` (this process's own) aside."""
+def running_otherwise(run_path: Path, stage: str, identity: str, besides: Path | None = None) -> str:
+    """Who may be running `stage` (any of its tasks) in the run with another identity than the digest
+    `identity`, as `who` says it ("" when nobody), the lease at `besides` (this process's own) aside:
+    tasks of one stage starting together with the same new values do not stop each other."""
     for holder in live_holders(run_path):
-        if holder["lease"].name.split(".")[0] == stage and holder["lease"] != besides:
+        if holder["lease"].name.split(".")[0] == stage and holder["lease"] != besides and holder.get("identity") != identity:
             return who(holder)
     return ""
 

@@ -48,7 +48,7 @@ def run_stage(name: str, cfg: Config, run_dir: str | Path, task: int = 0, num_ta
     part = task if stage.tasks and num_tasks > 1 else None
     held = lease.lease_file(run.path, name, part)
     try:
-        with _lease(held, name, part, job), _one_blas_thread():
+        with _lease(held, name, part, job, identity.digest(identity.identity(cfg, name))), _one_blas_thread():
             # recorded under the lease: a copy refused because the stage is running changes nothing
             run = identity.begin(cfg, run.path, name, base, held)
             if run.owner(name) is not run:
@@ -90,7 +90,7 @@ def _one_blas_thread():
 
 
 @contextlib.contextmanager
-def _lease(path: Path, name: str, task: int | None, job: str | None) -> Iterator[None]:
+def _lease(path: Path, name: str, task: int | None, job: str | None, ident: str) -> Iterator[None]:
     """The stage's lease, held by the master for all MPI ranks; every rank stops if it is refused."""
     from worldmodels.distributed import world
 
@@ -99,7 +99,7 @@ def _lease(path: Path, name: str, task: int | None, job: str | None) -> Iterator
         refused = None
         if group.rank == 0:
             try:
-                stack.enter_context(lease.hold(path, name if task is None else f"{name}[task {task}]", job))
+                stack.enter_context(lease.hold(path, name if task is None else f"{name}[task {task}]", job, ident))
             except DataError as exc:
                 refused = str(exc)
         refused = group.bcast(refused)

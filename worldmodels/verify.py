@@ -4,8 +4,8 @@ Each committed episode's chunks are read back (each carries a crc32c checksum) a
 is checked against its marker and loaded. `--repair` makes damage something a rerun fixes: a
 damaged episode is uncommitted (its index length removed), so that rerunning the stage that
 wrote it (collect or encode) writes exactly that episode again, the same as before since episodes
-are deterministic; a damaged checkpoint is set aside as `*.corrupt`, so that the training stage
-resumes from the one before it. Stores and checkpoints reused from another run (`--from`) are
+are deterministic; a damaged checkpoint is set aside as `*.repaired`, so that the training stage
+resumes from the one before it (or starts over, when none is left: the same steps again). Stores and checkpoints reused from another run (`--from`) are
 checked but repaired only in the run that owns them.
 """
 
@@ -68,7 +68,7 @@ def verify(run_dir: str | Path, repair: bool = False) -> tuple[list[str], list[s
                 problems.append(str(exc))
                 bad += 1
                 if fixed:
-                    ckpt.set_aside(step)
+                    ckpt.set_aside(step, suffix="repaired")
         torn = list(directory.glob(".step-*.tmp"))
         for leftover in torn:
             problems.append(f"{leftover}: left by a write that was killed midway")
