@@ -263,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
               "follow the owner's umask: 002 shares them with the group)", file=sys.stderr)
         return ERROR_EXIT_CODE
     except OSError as exc:  # a path given for output that cannot be written (a file where a folder goes, /proc)
-        print(f"error: {exc.filename or ''}: {exc.strerror or exc}".replace("error: : ", "error: "), file=sys.stderr)
+        if exc.filename is None:  # not about a path: a bug's traceback stays
+            raise
+        print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         return ERROR_EXIT_CODE
     except Interrupted as exc:
         print(f"{args.command}: {exc}", file=sys.stderr)
