@@ -113,14 +113,15 @@ def decide(cfg: Config, run_dir: str | Path, stage: str, base: str | Path | None
         raise ConfigError(f"--run-dir {run.path} is a sweep folder: name one of its points, or a new run directory")
     base_run = open_base(Path(base)) if base is not None else None
     decided: dict[str, dict[str, Any]] = {}
-    for name in chain(stage):
+    reads = chain(stage)
+    for name in reads:
         record = _decide(cfg, run, name, base_run, decided, held)
         if record is not None:
             decided[name] = record
     # the stages after it keep their records until they start, but config.yaml, which commands without
     # --config read, is saved now: it may not take other values for a stage that has made something
     for name in STAGES:
-        if name not in chain(stage):
+        if name not in reads:
             _decide(cfg, run, name, None, decided, None)
     return decided
 

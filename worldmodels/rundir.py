@@ -84,9 +84,10 @@ class RunDir:
         """The stage's identity record (see worldmodels.identity), or None before it was decided."""
         return read_json(self.stage_record_file(stage))
 
-    def owner(self, stage: str) -> "RunDir":
-        """The run directory that holds `stage`'s artifacts: this one, or the one it reuses them from."""
-        record = self.stage_record(stage) or {}
+    def owner(self, stage: str, record: dict[str, Any] | None = None) -> "RunDir":
+        """The run directory that holds `stage`'s artifacts: this one, or the one it reuses them from
+        (as `record` says, when given: a stage record not written yet)."""
+        record = record or self.stage_record(stage) or {}
         return RunDir(record["reused_from"]) if record.get("reused_from") else self
 
     def state_file(self, stage: str, task: int | None = None) -> Path:
