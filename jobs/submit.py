@@ -93,11 +93,12 @@ def check_inputs(stage: str, run: RunDir, cfg: Config) -> None:
     """A stage submitted without a dependency needs the stages it reads from done already."""
     from worldmodels.status import run_status
 
-    for upstream in STAGES[stage].upstream:
-        if not identity.finished(run.owner(upstream), upstream, cfg):
-            state = run_status(run.path)["stages"][upstream]["state"]
-            raise DataError(f"{stage} needs {upstream} done first ({upstream} is {state} in {run.path}); "
-                            f"submit {upstream} first, or everything with `submit pipeline`")
+    missing = identity.unfinished_input(run, stage, cfg)
+    if missing is not None:
+        needed, owner = missing
+        state = run_status(owner.path)["stages"][needed]["state"]
+        raise DataError(f"{stage} needs {needed} done first ({needed} is {state} in {owner.path}); "
+                        f"submit {needed} first, or everything with `submit pipeline`")
 
 
 def reused_from(run: RunDir, cfg: Config) -> list[Path]:

@@ -322,6 +322,16 @@ def test_a_stage_submitted_before_its_inputs_exist_is_refused(cluster, tmp_path)
     assert not (tmp_path / "run" / "slurm").exists()
 
 
+def test_encode_with_a_v_from_elsewhere_is_submitted_once_collect_is_done(cluster, reference, tmp_path):
+    # encode.vae reads no train-vae: a branch whose train-vae never ran may submit encode
+    vae = sorted((reference / "checkpoints" / "vae").glob("*.pt"))[-1]
+    run = tmp_path / "run"
+    proc = submit(run, "encode", "--from", reference, "vae.steps=61", f"encode.vae={vae}")
+    assert proc.returncode == 0, proc.stderr
+    wait_done(run, job_ids(run, "encode"))
+    assert_same_store(reference / "data" / "latents.zarr", run / "data" / "latents.zarr")
+
+
 def test_config_values_never_reach_the_shell_of_the_rendered_script(tmp_path):
     marker = tmp_path / "pwned"
     proc = run_cli("submit", "pipeline", "--config", SMOKE, "--run-dir", tmp_path / "run", "--profile", LOCAL,

@@ -204,6 +204,17 @@ def finished(run: RunDir, name: str, cfg: Config) -> bool:
     return STAGES[name].progress(run, cfg)[0] >= STAGES[name].units(cfg)
 
 
+def unfinished_input(run: RunDir, name: str, cfg: Config, decided: dict[str, dict[str, Any]] | None = None
+                     ) -> tuple[str, RunDir] | None:
+    """The first stage `name` reads from (Stage.inputs) that has not finished, and the run directory
+    that holds it (this one, or the one the run reuses it from; `decided`: records not written yet)."""
+    for needed in STAGES[name].inputs(cfg):
+        owner = run.owner(needed, (decided or {}).get(needed))
+        if not finished(owner, needed, cfg):
+            return needed, owner
+    return None
+
+
 def writable(run_dir: Path) -> RunDir:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -67,11 +67,11 @@ def run_stage(name: str, cfg: Config, run_dir: str | Path, task: int = 0, num_ta
 
 def _check_inputs(cfg: Config, run: RunDir, name: str, decided: dict[str, dict]) -> None:
     """A stage reads what the stages before it finished (here or where the branch reuses them from)."""
-    for needed in STAGES[name].inputs(cfg):
-        owner = run.owner(needed, decided.get(needed))
-        if not identity.finished(owner, needed, cfg):
-            raise DataError(f"{needed} is not finished in {owner.path}, and {name} reads what it makes: run {needed} "
-                            f"first (or check the run directory)")
+    missing = identity.unfinished_input(run, name, cfg, decided)
+    if missing is not None:
+        needed, owner = missing
+        raise DataError(f"{needed} is not finished in {owner.path}, and {name} reads what it makes: run {needed} "
+                        f"first (or check the run directory)")
 
 
 def _one_blas_thread():
