@@ -271,5 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.command}: {exc}", file=sys.stderr)
         return REQUEUE_EXIT_CODE
     except KeyboardInterrupt:  # a Ctrl-C outside a stage's loop, or a second one: what was saved stays
-        print(f"{args.command}: interrupted (Ctrl-C); rerun the same command to go on", file=sys.stderr)
+        again = ("some jobs may be submitted already: see `status` (or squeue) before submitting again"
+                 if args.command == "submit" else "rerun the same command to go on")  # a rerun would submit them twice
+        print(f"{args.command}: interrupted (Ctrl-C); {again}", file=sys.stderr)
         return 130

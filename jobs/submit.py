@@ -89,14 +89,15 @@ def make_executor(stage: str, res: Resources, folder: Path, dependency: str | No
     return executor
 
 
-def check_inputs(stage: str, run: RunDir, cfg: Config) -> None:
-    """A stage submitted without a dependency needs the stages it reads from done already."""
+def check_inputs(stage: str, run: RunDir, cfg: Config, decided: dict[str, dict] | None = None) -> None:
+    """A stage submitted without a dependency needs the stages it reads from done already
+    (`decided`: the stage records identity.decide gave, not written yet)."""
     from worldmodels.status import run_status
 
-    missing = identity.unfinished_input(run, stage, cfg)
+    missing = identity.unfinished_input(run, stage, cfg, decided)
     if missing is not None:
         needed, owner = missing
-        state = run_status(owner.path)["stages"][needed]["state"]
+        state = run_status(owner.path)["stages"][needed]["state"] if owner.config_file.is_file() else "pending"
         raise DataError(f"{stage} needs {needed} done first ({needed} is {state} in {owner.path}); "
                         f"submit {needed} first, or everything with `submit pipeline`")
 
@@ -175,16 +176,21 @@ def _submit_runs(runs: list[tuple[Config, Path, Path | None]], stages: list[str]
         previous(RunDir(first_dir), first_cfg)  # refused now, not when the job starts
     info = cluster_info()
     check_resources(stages, profile, container, info)
-    opened = []
-    for cfg, run_dir, base in runs:
-        run = identity.begin(cfg, run_dir, stages[-1], base)
-        own = [stage for stage in stages if run.owner(stage) is run]
+    accepted = []
+    for cfg, run_dir, base in runs:  # decided, nothing written: a refused submit leaves no run directory behind
+        decided, run = identity.decide(cfg, run_dir, stages[-1], base), RunDir(run_dir)
+        owners = {stage: run.owner(stage, decided.get(stage)) for stage in stages}
+        own = [stage for stage in stages if owners[stage] is run]
         todo = [stage for stage in own if not identity.finished(run, stage, cfg)]
-        notes = [f"{stage}: reused from {run.owner(stage).path}" for stage in stages if stage not in own]
+        notes = [f"{stage}: reused from {owners[stage].path}" for stage in stages if stage not in own]
         notes += [f"{stage}: finished already, not submitted" for stage in own if stage not in todo]
         if todo:
-            check_inputs(todo[0], run, cfg)
-        opened.append((cfg, run, todo, notes))
+            check_inputs(todo[0], run, cfg, decided)
+        accepted.append((cfg, run_dir, base, todo, notes))
+    for _, run_dir, *_ in accepted:  # every round's folder can be written before any gets its records
+        identity.writable(Path(run_dir))
+    opened = [(cfg, identity.begin(cfg, run_dir, stages[-1], base), todo, notes)
+              for cfg, run_dir, base, todo, notes in accepted]
     submitted: list[dict[str, list[str]]] = []
     for i, (cfg, run, todo, notes) in enumerate(opened):
         heading(cfg)

@@ -239,7 +239,9 @@ def test_a_local_sweep_branches_every_point_and_compare_gives_each_point_its_int
                              (["sweep", "--config", SMOKE, "--sweep-dir", base, "--grid", "controller.seed=1,2"],
                               "is a run directory"),
                              (["sweep", "--config", SMOKE, "--sweep-dir", tmp_path / "s2", "--grid", "controller.seed=1,1"],
-                              "repeats a value")]:
+                              "give the same config"),
+                             (["sweep", "--config", SMOKE, "--sweep-dir", tmp_path / "s2", "--grid", "controller.seed=1,01"],
+                              "grid points seed=1 and seed=01 give the same config")]:
         proc = run_cli(*command, check=False)
         assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert (tree_digest(base), tree_digest(sweep)) == before and not (tmp_path / "s2").exists()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import SMOKE, assert_same_store, cli_env, run_cli, start_cli
-from worldmodels import config, identity
+from worldmodels import config, identity, lease
 from worldmodels.checkpoint import Checkpointer
 from worldmodels.dataset import EpisodeStore, Field
 from worldmodels.errors import ConfigError
@@ -135,6 +135,27 @@ def test_tasks_of_one_stage_starting_together_with_new_values_do_not_refuse_each
     assert "2 collected now" in proc.stdout, proc.stdout + proc.stderr
     sibling.kill()
     sibling.wait()
+
+
+def test_a_task_whose_sibling_recorded_the_new_values_and_began_after_it_read_the_old_ones_goes_on(tmp_path, monkeypatch):
+    """Task 0 reads the old record, then task 1 (same new values) records them and makes its state
+    before task 0 asks whether the stage has begun: what was begun, was begun with task 0's values."""
+    run = tmp_path / "run"
+    old, new = (config.load(SMOKE, [f"collect.episodes={n}", "env.max_steps=100"]) for n in (5, 4))
+    identity.begin(old, run, "collect")
+    running_otherwise = lease.running_otherwise
+
+    def sibling_begins_meanwhile(*args, **kwargs):
+        monkeypatch.setattr(lease, "running_otherwise", running_otherwise)  # once: the sibling meets no sibling
+        identity.begin(new, run, "collect")
+        RunDir(run).write_state("collect", "running", task=1)
+        return running_otherwise(*args, **kwargs)
+
+    monkeypatch.setattr(lease, "running_otherwise", sibling_begins_meanwhile)
+    identity.begin(new, run, "collect")
+    monkeypatch.undo()  # without a sibling, values other than those it began with are refused
+    with pytest.raises(ConfigError, match="was run with other values"):
+        identity.begin(old, run, "collect")
 
 
 def test_a_holder_in_another_pid_namespace_of_this_host_is_not_taken_for_gone(tmp_path):

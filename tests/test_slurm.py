@@ -275,7 +275,8 @@ def test_submit_pipeline_runs_every_stage_of_every_round_through_dependencies(cl
     refused = run_cli("submit", "pipeline", "--config", SMOKE, "--run-dir", fresh, "--profile", LOCAL, "rounds.count=2",
                       check=False)
     assert refused.returncode == 2 and "rounds/1 is not writable" in refused.stderr and "submitted" not in refused.stdout
-    assert not (fresh / "slurm").exists() and subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout == before
+    assert not (fresh / "slurm").exists() and not (fresh / "config.yaml").exists()
+    assert subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout == before
 
 
 def test_an_array_larger_than_max_array_size_is_chunked(cluster, tmp_path, monkeypatch):
@@ -318,8 +319,8 @@ def test_bad_profiles_are_refused_before_anything_is_submitted(cluster, tmp_path
 
 def test_a_stage_submitted_before_its_inputs_exist_is_refused(cluster, tmp_path):
     proc = run_cli("submit", "train-vae", "--config", SMOKE, "--run-dir", tmp_path / "run", "--profile", LOCAL, check=False)
-    assert proc.returncode == 2 and "train-vae needs collect done first" in proc.stderr
-    assert not (tmp_path / "run" / "slurm").exists()
+    assert proc.returncode == 2 and "train-vae needs collect done first (collect is pending" in proc.stderr
+    assert not (tmp_path / "run").exists()  # a mistyped run directory is not made
 
 
 def test_encode_with_a_v_from_elsewhere_is_submitted_once_collect_is_done(cluster, reference, tmp_path):

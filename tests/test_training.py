@@ -11,6 +11,7 @@ import torch
 from conftest import SMOKE, run_cli, start_cli, assert_same_store, tree_digest
 from worldmodels.checkpoint import Checkpointer, load_file, save_file
 from worldmodels.dataset import EpisodeStore
+from worldmodels.errors import DataError
 from worldmodels.rundir import RunDir
 from worldmodels.stages import chain
 
@@ -222,6 +223,15 @@ def test_a_writer_sets_a_corrupt_checkpoint_aside_so_it_holds_no_keep_place_and_
     assert ckpt.steps() == [2, 4]  # two good checkpoints kept, none displaced by the corrupt one
 
 
+def test_a_marker_whose_checkpoint_is_gone_refuses_a_silent_start_over_as_a_corrupt_one_does(tmp_path):
+    ckpt = Checkpointer(tmp_path, every_steps=1, every_s=1e9, keep=2)
+    ckpt.save(1, {"step": 1})
+    (tmp_path / "step-000000001.pt").unlink()
+    for _ in range(2):
+        with pytest.raises(DataError, match=r"1 set aside as \*\.corrupt.*--restart"):
+            ckpt.resume("train-vae")
+
+
 def test_when_no_checkpoint_verifies_every_rerun_stops_and_restart_starts_over(upstream, tmp_path):
     run, args = fresh_copy(upstream, tmp_path, "corrupt", ("config.yaml", "data"))
     run_cli("train-vae", *args)
@@ -251,6 +261,8 @@ def test_after_verify_repair_sets_every_checkpoint_aside_a_plain_rerun_trains_th
         data = bytearray(path.read_bytes())
         data[len(data) // 2] ^= 0xFF
         path.write_bytes(bytes(data))
+    # set aside by an earlier resume that went on from an older checkpoint: no refusal once repaired
+    directory.joinpath("step-000000001.pt.corrupt").write_bytes(b"damaged long ago")
     proc = run_cli("verify", run, "--repair")  # the user asked for the rerun: it may start over
     assert "repaired: rerun train-vae" in proc.stdout + proc.stderr
     run_cli("train-vae", *args)

@@ -95,7 +95,7 @@ class Checkpointer:
 
                 log.warning(kernels_warning(f"{stage}: {path.name} was made", made, self.kernels))
             return state
-        corrupt = sorted(self.directory.glob("step-*.pt.corrupt"))
+        corrupt = {p.name.split(".")[0] for p in self.directory.glob("step-*.corrupt")}  # a marker without its data too
         if corrupt:  # and so does every rerun after the first that found them, until --restart
             raise DataError(f"{stage}: none of its checkpoints in {self.directory} verifies ({len(corrupt)} set aside as "
                             f"*.corrupt); rerun with --restart to train it from the start")

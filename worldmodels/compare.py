@@ -138,10 +138,13 @@ def compare(dirs: list[Path], out: Path | None = None) -> Path:
     """Write OUT/results.json and OUT/index.html; returns the page's path."""
     from worldmodels.sweep import Sweep
 
+    where = f"--out {out}"
     if out is None:
         out = (dirs[0] / "compare") if len(dirs) == 1 and Sweep.is_sweep(dirs[0]) else Path("compare")
+        where = f"the output folder {out} (the default here)"
     if (run := run_holding(out)) is not None:
-        raise ConfigError(f"--out {out} lies in the run directory {run}, whose files it could replace: choose another folder")
+        raise ConfigError(f"{where} lies in the run directory {run}, whose files it could replace: choose another "
+                          "folder with --out")
     summary = summarise(runs_of(dirs))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "results.json", json.dumps(summary, indent=1).encode())

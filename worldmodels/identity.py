@@ -160,6 +160,8 @@ def _decide(cfg: Config, run: RunDir, name: str, base: RunDir | None, decided: d
             raise ConfigError(f"{name} is running in {run.path} ({running}) with other values ({changed}); wait "
                               f"for it to end, or branch into a new run directory: {_branching(run, cfg)}")
         if started(run, name, cfg):
+            if (run.stage_record(name) or {}).get("identity") == given:
+                return None  # a task started together with these values recorded them, and began, since `record` was read
             raise ConfigError(f"{name} in {run.path} was run with other values ({changed}); to run it with the new "
                               f"values, branch into a new run directory: {_branching(run, cfg)}")
     reused_from = None

@@ -53,8 +53,6 @@ class Sweep:
             if key in grid:
                 raise ConfigError(f"grid key '{key}' is given twice")
             grid[key] = values.split(",")
-            if len(set(grid[key])) < len(grid[key]):
-                raise ConfigError(f"grid key '{key}' repeats a value ({values})")
         if RunDir(directory).config_file.is_file():
             raise ConfigError(f"--sweep-dir {directory} is a run directory: use a new sweep folder")
         if base is not None:
@@ -62,8 +60,12 @@ class Sweep:
 
             open_base(Path(base))  # refused before the sweep's folder is made
         sweep = cls(directory, cfg, grid, Path(base).resolve() if base is not None else None)
-        for point in sweep.points:  # every point's config must be valid before anything is written
-            sweep.config_of(point)
+        made: dict[str, str] = {}
+        for point in sweep.points:  # every point's config must be valid, and its own, before anything is written
+            text = config_lib.dump(sweep.config_of(point))
+            if text in made:  # a value given twice, as written (1,1) or as read (1,01; 0.1,1e-1)
+                raise ConfigError(f"grid points {made[text]} and {point.name} give the same config: give each value once")
+            made[text] = point.name
         from worldmodels.identity import OPERATIONAL
 
         saved, mine = read_json(directory / SWEEP_FILE), sweep._record()

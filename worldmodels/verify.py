@@ -76,6 +76,9 @@ def verify(run_dir: str | Path, repair: bool = False) -> tuple[list[str], list[s
                 leftover.unlink(missing_ok=True)
         notes.append(f"{directory}: {len(steps)} checkpoints checked, {bad} damaged")
         if bad and fixed:
+            # older *.corrupt files would refuse the rerun this asks for (Checkpointer.resume)
+            for old in directory.glob("step-*.corrupt"):
+                old.replace(old.with_name(old.name.removesuffix(".corrupt") + ".repaired"))
             rerun.append(stage)
         elif not fixed:
             unrepaired += bad + len(torn)
