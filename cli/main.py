@@ -272,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         return REQUEUE_EXIT_CODE
     except KeyboardInterrupt:  # a Ctrl-C outside a stage's loop, or a second one: what was saved stays
         again = ("some jobs may be submitted already: see `status` (or squeue) before submitting again"
-                 if args.command == "submit" else "rerun the same command to go on")  # a rerun would submit them twice
+                 if args.command == "submit" or getattr(args, "executor", None) == "slurm"  # a sweep's too
+                 else "rerun the same command to go on")  # a rerun would submit them twice
         print(f"{args.command}: interrupted (Ctrl-C); {again}", file=sys.stderr)
         return 130

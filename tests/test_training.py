@@ -230,6 +230,14 @@ def test_a_marker_whose_checkpoint_is_gone_refuses_a_silent_start_over_as_a_corr
     for _ in range(2):
         with pytest.raises(DataError, match=r"1 set aside as \*\.corrupt.*--restart"):
             ckpt.resume("train-vae")
+    # trained again and found corrupt again, the same step is set aside beside the first copy
+    ckpt.save(1, {"step": 1})
+    (tmp_path / "step-000000001.pt").write_bytes(b"damaged")
+    with pytest.raises(DataError, match=r"1 set aside as \*\.corrupt"):
+        ckpt.resume("train-vae")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "step-000000001.json.1.corrupt", "step-000000001.json.corrupt", "step-000000001.pt.corrupt"]
+    assert ckpt.lift_corrupt() == 3 and ckpt.resume("train-vae") is None
 
 
 def test_when_no_checkpoint_verifies_every_rerun_stops_and_restart_starts_over(upstream, tmp_path):
@@ -246,6 +254,16 @@ def test_when_no_checkpoint_verifies_every_rerun_stops_and_restart_starts_over(u
         assert proc.returncode == 2 and "3 set aside as *.corrupt" in proc.stderr and "--restart" in proc.stderr, proc.stderr
         assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [proc.stderr.splitlines()[-1]]
         assert not list(directory.glob("step-*.json"))
+    # verify says why the stage refuses, and --repair lifts the refusal (in a copy: --restart below)
+    repaired = tmp_path / "repaired"
+    shutil.copytree(run, repaired)
+    repaired_args = [repaired if a == run else a for a in args]
+    proc = run_cli("verify", repaired, check=False)
+    assert proc.returncode == 1 and "train-vae refuses to start over" in proc.stdout + proc.stderr
+    proc = run_cli("verify", repaired, "--repair", check=False)
+    assert "repaired: rerun train-vae" in proc.stdout + proc.stderr
+    run_cli("train-vae", *repaired_args)
+    assert_bitwise_equal(final_state(repaired, "train-vae")["model"], reference["model"])
     run_cli("train-vae", *args, "--restart")
     assert_bitwise_equal(final_state(run, "train-vae")["model"], reference["model"])
     (aside,) = run.joinpath("checkpoints").glob("vae.before-restart-*")

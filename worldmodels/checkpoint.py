@@ -108,7 +108,25 @@ class Checkpointer:
         by `verify --repair`, whose user asked for the rerun) does not."""
         for part in (self.directory / f"step-{step:09d}.pt", self.directory / f"step-{step:09d}.json"):
             if part.exists():
-                part.replace(part.with_name(f"{part.name}.{suffix}"))
+                part.replace(_free_name(part, suffix))
+
+    def lift_corrupt(self) -> int:
+        """Rename every `*.corrupt` here `*.repaired` (`verify --repair`: its user asks for the rerun,
+        which these would refuse); returns how many."""
+        aside = sorted(self.directory.glob("step-*.corrupt"))
+        for path in aside:
+            path.replace(_free_name(path.with_name(path.name.removesuffix(".corrupt")), "repaired"))
+        return len(aside)
+
+
+def _free_name(path: Path, suffix: str) -> Path:
+    """`path.SUFFIX`, or `path.K.SUFFIX` where that is taken: a step may be set aside more than once
+    (found corrupt, trained again, found corrupt again), and no copy set aside is overwritten."""
+    target, k = path.with_name(f"{path.name}.{suffix}"), 0
+    while target.exists():
+        k += 1
+        target = path.with_name(f"{path.name}.{k}.{suffix}")
+    return target
 
 
 def _canonical(value: Any) -> Any:

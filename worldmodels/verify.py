@@ -74,14 +74,18 @@ def verify(run_dir: str | Path, repair: bool = False) -> tuple[list[str], list[s
             problems.append(f"{leftover}: left by a write that was killed midway")
             if fixed:
                 leftover.unlink(missing_ok=True)
+        # with none left that verifies, checkpoints a resume set aside as *.corrupt refuse a start over (Checkpointer.resume)
+        refusing = bad == len(steps) and any(directory.glob("step-*.corrupt"))
+        if refusing and not bad:
+            problems.append(f"{directory}: no checkpoint left but some set aside as *.corrupt: {stage} refuses to "
+                            "start over")
         notes.append(f"{directory}: {len(steps)} checkpoints checked, {bad} damaged")
-        if bad and fixed:
-            # older *.corrupt files would refuse the rerun this asks for (Checkpointer.resume)
-            for old in directory.glob("step-*.corrupt"):
-                old.replace(old.with_name(old.name.removesuffix(".corrupt") + ".repaired"))
+        if fixed and (bad or refusing):
+            if refusing:  # the rerun this asks for would be refused
+                ckpt.lift_corrupt()
             rerun.append(stage)
         elif not fixed:
-            unrepaired += bad + len(torn)
+            unrepaired += bad + len(torn) + (refusing and not bad)
     if rerun:
         notes.append("repaired: rerun " + ", ".join(rerun) + " to make again exactly what was dropped")
     if problems and unrepaired and repair:
