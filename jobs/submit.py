@@ -176,17 +176,7 @@ def _submit_runs(runs: list[tuple[Config, Path, Path | None]], stages: list[str]
         previous(RunDir(first_dir), first_cfg)  # refused now, not when the job starts
     info = cluster_info()
     check_resources(stages, profile, container, info)
-    accepted = []
-    for cfg, run_dir, base in runs:  # decided, nothing written: a refused submit leaves no run directory behind
-        decided, run = identity.decide(cfg, run_dir, stages[-1], base), RunDir(run_dir)
-        owners = {stage: run.owner(stage, decided.get(stage)) for stage in stages}
-        own = [stage for stage in stages if owners[stage] is run]
-        todo = [stage for stage in own if not identity.finished(run, stage, cfg)]
-        notes = [f"{stage}: reused from {owners[stage].path}" for stage in stages if stage not in own]
-        notes += [f"{stage}: finished already, not submitted" for stage in own if stage not in todo]
-        if todo:
-            check_inputs(todo[0], run, cfg, decided)
-        accepted.append((cfg, run_dir, base, todo, notes))
+    accepted = [(cfg, run_dir, base, *_accept(cfg, run_dir, stages, base)) for cfg, run_dir, base in runs]
     for _, run_dir, *_ in accepted:  # every round's folder can be written before any gets its records
         identity.writable(Path(run_dir))
     opened = [(cfg, identity.begin(cfg, run_dir, stages[-1], base), todo, notes)
@@ -212,6 +202,21 @@ def _submit_runs(runs: list[tuple[Config, Path, Path | None]], stages: list[str]
     return submitted
 
 
+def _accept(cfg: Config, run_dir: Path, stages: list[str], base: Path | None) -> tuple[list[str], list[str]]:
+    """The stages of `stages` to submit in `run_dir` (those it runs itself and has not finished) and a
+    line for each other one, or the clear error a start would give; writes nothing, so that a refused
+    submit leaves no run directory behind."""
+    decided, run = identity.decide(cfg, run_dir, stages[-1], base), RunDir(run_dir)
+    owners = {stage: run.owner(stage, decided.get(stage)) for stage in stages}
+    own = [stage for stage in stages if owners[stage] is run]
+    todo = [stage for stage in own if not identity.finished(run, stage, cfg)]
+    notes = [f"{stage}: reused from {owners[stage].path}" for stage in stages if stage not in own]
+    notes += [f"{stage}: finished already, not submitted" for stage in own if stage not in todo]
+    if todo:  # its first stage waits for no job submitted here: what that reads must be done
+        check_inputs(todo[0], run, cfg, decided)
+    return todo, notes
+
+
 def submit_sweep(sweep, profile: Profile, container: str | None = None, out=sys.stdout) -> dict[str, list[str]]:
     """One array job per stage across every point of `sweep` that runs the stage itself, each stage
     after the previous one (afterok); the points' reused stages are not submitted."""
@@ -222,6 +227,9 @@ def submit_sweep(sweep, profile: Profile, container: str | None = None, out=sys.
                           "or as one run per point, each submitted with all its rounds (submit pipeline)")
     info = cluster_info()
     check_resources(list(STAGES), profile, container, info)
+    todos = {p.name: _accept(configs[p.name], p.run_dir, list(STAGES), sweep.base)[0] for p in sweep.points}
+    for p in sweep.points:  # every point accepted before any is written: a refused sweep leaves nothing behind
+        identity.writable(p.run_dir)
     sweep.save()
     runs = {p.name: identity.begin(configs[p.name], p.run_dir, list(STAGES)[-1], sweep.base) for p in sweep.points}
     readonly = sorted({path for name, run in runs.items() for path in reused_from(run, configs[name])})
@@ -229,8 +237,7 @@ def submit_sweep(sweep, profile: Profile, container: str | None = None, out=sys.
     dependency = None
     for stage in STAGES:
         res = profile.for_stage(stage)
-        todo = [p for p in sweep.points if runs[p.name].owner(stage) is runs[p.name]
-                and not identity.finished(runs[p.name], stage, configs[p.name])]
+        todo = [p for p in sweep.points if stage in todos[p.name]]
         if not todo:
             print(f"{stage}: nothing to submit (every point reuses or has finished it)", file=out)
             continue

@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from conftest import ROOT, SMOKE, assert_same_store, job_ids, log_text, run_cli, scontrol, wait_done, wait_for
+from worldmodels import config, identity
 from worldmodels.checkpoint import load_file
 from worldmodels.stages import STAGES as REGISTRY, chain
 
@@ -331,6 +332,17 @@ def test_encode_with_a_v_from_elsewhere_is_submitted_once_collect_is_done(cluste
     assert proc.returncode == 0, proc.stderr
     wait_done(run, job_ids(run, "encode"))
     assert_same_store(reference / "data" / "latents.zarr", run / "data" / "latents.zarr")
+
+
+def test_a_sweep_from_a_run_not_done_is_refused_and_writes_nothing(cluster, tmp_path):
+    base, sweep = tmp_path / "base", tmp_path / "sweep"
+    identity.begin(config.load(SMOKE), base, "report")  # submitted, nothing done yet
+    before = subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout
+    proc = run_cli("sweep", "--config", SMOKE, "--sweep-dir", sweep, "--from", base, "--grid", "controller.seed=1,2",
+                   "--executor", "slurm", "--profile", LOCAL, check=False)
+    assert proc.returncode == 2 and "its collect has this identity but is not finished" in proc.stderr, proc.stderr
+    assert not sweep.exists()  # neither the sweep's file nor any point's records
+    assert subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout == before
 
 
 def test_config_values_never_reach_the_shell_of_the_rendered_script(tmp_path):

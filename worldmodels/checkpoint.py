@@ -95,12 +95,15 @@ class Checkpointer:
 
                 log.warning(kernels_warning(f"{stage}: {path.name} was made", made, self.kernels))
             return state
-        corrupt = {p.name.split(".")[0] for p in self.directory.glob("step-*.corrupt")}  # a marker without its data too
+        corrupt = {p.name.split(".")[0] for p in self.corrupt()}  # steps; a marker without its data counts too
         if corrupt:  # and so does every rerun after the first that found them, until --restart
             raise DataError(f"{stage}: none of its checkpoints in {self.directory} verifies ({len(corrupt)} set aside as "
                             f"*.corrupt); rerun with --restart to train it from the start")
         return None
 
+    def corrupt(self) -> list[Path]:
+        """Files a resume set aside as `*.corrupt`, which stop the stage from starting over."""
+        return sorted(self.directory.glob("step-*.corrupt"))
 
     def set_aside(self, step: int, suffix: str = "corrupt") -> None:
         """Rename checkpoint `step` (data and marker) to `*.SUFFIX`: kept for a look, counted nowhere.
@@ -113,7 +116,7 @@ class Checkpointer:
     def lift_corrupt(self) -> int:
         """Rename every `*.corrupt` here `*.repaired` (`verify --repair`: its user asks for the rerun,
         which these would refuse); returns how many."""
-        aside = sorted(self.directory.glob("step-*.corrupt"))
+        aside = self.corrupt()
         for path in aside:
             path.replace(_free_name(path.with_name(path.name.removesuffix(".corrupt")), "repaired"))
         return len(aside)

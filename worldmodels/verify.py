@@ -75,7 +75,7 @@ def verify(run_dir: str | Path, repair: bool = False) -> tuple[list[str], list[s
             if fixed:
                 leftover.unlink(missing_ok=True)
         # with none left that verifies, checkpoints a resume set aside as *.corrupt refuse a start over (Checkpointer.resume)
-        refusing = bad == len(steps) and any(directory.glob("step-*.corrupt"))
+        refusing = bad == len(steps) and bool(ckpt.corrupt())
         if refusing and not bad:
             problems.append(f"{directory}: no checkpoint left but some set aside as *.corrupt: {stage} refuses to "
                             "start over")
