@@ -88,6 +88,28 @@ def job_states(ids: list[str]) -> list[dict[str, Any]]:
     return out
 
 
+# the states of a job that will not run (again) by itself; any other (pending, running, held,
+# suspended, requeued) is work Slurm still has
+OVER = {"COMPLETED", "COMPLETING", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
+        "DEADLINE", "OUT_OF_MEMORY", "REVOKED"}
+
+
+def not_over(ids: list[str]) -> dict[str, str]:
+    """{job id: state} of the jobs of `ids` (whole arrays: `123` stands for `123_0`, `123_[1-3]`...)
+    that Slurm still has to run or is running; {} where squeue cannot say."""
+    arrays = {i.split("_")[0] for i in ids}
+    if not arrays:
+        return {}
+    # every job listed, filtered here: `squeue -j` fails outright on an id slurmctld has forgotten
+    text = _run(["squeue", "-h", "-t", "all", "-o", "%F|%i|%T"]) or ""
+    out = {}
+    for line in text.splitlines():
+        array, job, state = (line.split("|") + ["", ""])[:3]
+        if array in arrays and state not in OVER:
+            out[job] = state
+    return out
+
+
 def slurm_view(run_dir: str | Path) -> dict[str, Any]:
     """{stage: {"jobs": [{"id", "state", "restarts", "source", ["attempts"]}]}} for every stage
     submitted for run_dir."""

@@ -28,6 +28,7 @@ import submitit
 
 from jobs.entries import StageJob
 from jobs.profile import Profile, Resources, check_against_cluster, cluster_info
+from jobs.status import not_over
 from jobs.submitit_internals import sbatch_script
 from worldmodels import config as config_lib
 from worldmodels import identity
@@ -35,7 +36,7 @@ from worldmodels.config import Config
 from worldmodels.errors import ConfigError, DataError
 from worldmodels.files import atomic_write
 from worldmodels.rundir import RunDir
-from worldmodels.stages import STAGES
+from worldmodels.stages import STAGES, check_config
 
 RUN_IN_CONTAINER = Path(__file__).resolve().parent.parent / "containers" / "run.sh"
 
@@ -206,6 +207,7 @@ def _accept(cfg: Config, run_dir: Path, stages: list[str], base: Path | None) ->
     """The stages of `stages` to submit in `run_dir` (those it runs itself and has not finished) and a
     line for each other one, or the clear error a start would give; writes nothing, so that a refused
     submit leaves no run directory behind."""
+    check_config(stages[-1], cfg)
     decided, run = identity.decide(cfg, run_dir, stages[-1], base), RunDir(run_dir)
     owners = {stage: run.owner(stage, decided.get(stage)) for stage in stages}
     own = [stage for stage in stages if owners[stage] is run]
@@ -214,7 +216,20 @@ def _accept(cfg: Config, run_dir: Path, stages: list[str], base: Path | None) ->
     notes += [f"{stage}: finished already, not submitted" for stage in own if stage not in todo]
     if todo:  # its first stage waits for no job submitted here: what that reads must be done
         check_inputs(todo[0], run, cfg, decided)
+        check_not_queued(run, todo)
     return todo, notes
+
+
+def check_not_queued(run: RunDir, stages: list[str]) -> None:
+    """Refuse to submit again a stage whose jobs Slurm still has: the copy would only be refused by
+    the stage's lease when it starts, and the jobs after it would wait on it for ever."""
+    submitted = json.loads(run.jobs_file.read_text()) if run.jobs_file.is_file() else {}
+    for stage in stages:
+        live = not_over(submitted.get(stage, {}).get("ids", []))
+        if live:
+            jobs = ", ".join(f"{job} {state}" for job, state in list(live.items())[:4]) + (", ..." if len(live) > 4 else "")
+            raise ConfigError(f"{stage} of {run.path} was submitted already and its jobs are not over ({jobs}): "
+                              "wait for them, or scancel them to submit it again")
 
 
 def submit_sweep(sweep, profile: Profile, container: str | None = None, out=sys.stdout) -> dict[str, list[str]]:

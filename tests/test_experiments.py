@@ -138,6 +138,10 @@ def test_from_a_missing_unfinished_or_older_base_is_refused(base, tmp_path):
     partial = tmp_path / "partial"
     run_cli("collect", "--config", SMOKE, "--run-dir", partial)
     refused(partial, "its train-vae has this identity but is not finished")
+    proc = run_cli("sweep", "--config", SMOKE, "--sweep-dir", tmp_path / "sweep", "--from", partial,
+                   "--grid", "controller.seed=1,2", check=False)  # refused before any point runs or is written
+    assert proc.returncode == 2 and "its train-vae has this identity but is not finished" in proc.stderr
+    assert not (tmp_path / "sweep").exists()
     older = tmp_path / "older"
     older.mkdir()
     (older / "config.yaml").write_text((base / "config.yaml").read_text())
@@ -228,6 +232,9 @@ def test_a_local_sweep_branches_every_point_and_compare_gives_each_point_its_int
     assert json.loads((tmp_path / "reseeded-compare" / "results.json").read_text())["seed_keys"] == ["controller.seed", "seed"]
     proc = run_cli(*args[:-1], "controller.seed=1,2,3", check=False)  # another grid for the same folder
     assert proc.returncode == 2 and "made with other settings" in proc.stderr
+    # the same grid in another order would name other folders (seed=1_sigma0=0.1)
+    proc = run_cli(*args[:-2], "controller.seed=1,2", "controller.sigma0=0.1,0.5", check=False)
+    assert proc.returncode == 2 and "made with other settings (grid)" in proc.stderr
     # a sweep folder is no run directory, nor the reverse; a value twice in a grid is a mistake
     before = tree_digest(base), tree_digest(sweep)
     for command, message in [(["collect", "--config", SMOKE, "--run-dir", sweep], "is a sweep folder"),

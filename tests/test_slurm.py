@@ -318,10 +318,38 @@ def test_bad_profiles_are_refused_before_anything_is_submitted(cluster, tmp_path
     assert subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout == before
 
 
-def test_a_stage_submitted_before_its_inputs_exist_is_refused(cluster, tmp_path):
+def test_a_stage_submitted_before_its_inputs_exist_or_with_a_config_it_cannot_run_is_refused(cluster, tmp_path):
     proc = run_cli("submit", "train-vae", "--config", SMOKE, "--run-dir", tmp_path / "run", "--profile", LOCAL, check=False)
     assert proc.returncode == 2 and "train-vae needs collect done first (collect is pending" in proc.stderr
     assert not (tmp_path / "run").exists()  # a mistyped run directory is not made
+    proc = submit(tmp_path / "run", "pipeline", "env.id=NoSuchGame-v4")  # refused now, not when the job starts
+    assert proc.returncode == 2 and "unknown environment 'NoSuchGame-v4'" in proc.stderr and proc.stderr.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_stage_whose_jobs_are_not_over_is_not_submitted_again(cluster, tmp_path):
+    from jobs.status import not_over
+
+    profile = yaml.safe_load(LOCAL.read_text())
+    profile["default"]["extra_sbatch"] = ["begin=now+3600"]  # held in the queue for an hour
+    held = tmp_path / "held.yaml"
+    held.write_text(yaml.safe_dump(profile))
+    run = tmp_path / "run"
+    assert submit(run, "collect", profile=held).returncode == 0
+    ids, recorded = job_ids(run, "collect"), (run / "slurm" / "jobs.json").read_text()
+    try:
+        for stage in ("collect", "pipeline"):
+            proc = submit(run, stage, profile=held)
+            assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+            assert "collect of" in proc.stderr and "was submitted already and its jobs are not over" in proc.stderr
+            assert "PENDING" in proc.stderr and "scancel" in proc.stderr
+        assert (run / "slurm" / "jobs.json").read_text() == recorded  # the jobs status follows are kept
+    finally:
+        subprocess.run(["scancel", *{i.split("_")[0] for i in ids}], check=True, timeout=30)
+    wait_for(lambda: not not_over(ids), timeout=60, what="the cancelled jobs to leave the queue")
+    proc = submit(run, "collect", profile=held)  # cancelled: it may be submitted again
+    assert proc.returncode == 0, proc.stderr
+    subprocess.run(["scancel", *{i.split("_")[0] for i in job_ids(run, "collect")}], check=True, timeout=30)
 
 
 def test_encode_with_a_v_from_elsewhere_is_submitted_once_collect_is_done(cluster, reference, tmp_path):

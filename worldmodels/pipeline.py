@@ -19,7 +19,7 @@ from worldmodels import identity, lease
 from worldmodels.config import Config
 from worldmodels.errors import DataError, explain_storage
 from worldmodels.rundir import RunDir
-from worldmodels.stages import STAGES, chain
+from worldmodels.stages import STAGES, check_config
 
 log = logging.getLogger("worldmodels")
 
@@ -36,8 +36,7 @@ def run_stage(name: str, cfg: Config, run_dir: str | Path, task: int = 0, num_ta
         from worldmodels.distributed import check_task
 
         check_task(task, num_tasks)
-    for needed in chain(name):
-        STAGES[needed].check_config(cfg)
+    check_config(name, cfg)
     if cfg.rounds.index:  # a later round needs the round before it trained (worldmodels.rounds)
         from worldmodels.rounds import previous
 

@@ -43,10 +43,6 @@ class Stage:
     def function(self) -> Callable[..., str]:
         return _resolve(self.entry)
 
-    def check_config(self, cfg: Config) -> None:
-        if self.check:
-            _resolve(self.check)(cfg)
-
 
 def _resolve(entry: str) -> Callable[..., Any]:
     module, name = entry.split(":")
@@ -145,6 +141,13 @@ _RECORDS = (
           "worldmodels.report:write_report", units=lambda cfg: 1, progress=_reported, upstream=("evaluate",)),
 )
 STAGES: dict[str, Stage] = {stage.name: stage for stage in _RECORDS}  # in pipeline order
+
+
+def check_config(name: str, cfg: Config) -> None:
+    """Refuse, before anything is written, a config that `name` or a stage it reads from cannot run (Stage.check)."""
+    for needed in chain(name):
+        if STAGES[needed].check:
+            _resolve(STAGES[needed].check)(cfg)
 
 
 def chain(name: str) -> list[str]:

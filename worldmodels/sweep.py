@@ -70,7 +70,9 @@ class Sweep:
 
         saved, mine = read_json(directory / SWEEP_FILE), sweep._record()
         if saved is not None:
-            changed = [key for key in ("grid", "base") if saved.get(key) != mine[key]]
+            # the grid's keys in order too: they name the points' folders
+            changed = ["grid"] if list(saved.get("grid", {}).items()) != list(mine["grid"].items()) else []
+            changed += ["base"] if saved.get("base") != mine["base"] else []
             changed += [line for line in config_lib.diff(saved.get("config", {}), mine["config"])
                         if line.split(":")[0] not in OPERATIONAL]
             if changed:
@@ -120,10 +122,13 @@ class Sweep:
 
     def run_locally(self) -> None:
         """Every stage of every point, one point after the other, in this process."""
+        from worldmodels import identity
         from worldmodels.pipeline import run_stage
         from worldmodels.rounds import round_base, round_config, round_path
         from worldmodels.stages import STAGES
 
+        for point in self.points:  # a point that would be refused is refused before any runs or is written
+            identity.decide(self.config_of(point), point.run_dir, list(STAGES)[-1], self.base)
         self.save()
         for i, point in enumerate(self.points):
             log.info("sweep: point %d/%d %s", i + 1, len(self.points), point.name)
