@@ -29,7 +29,7 @@ import submitit
 from jobs.entries import StageJob
 from jobs.profile import Profile, Resources, check_against_cluster, cluster_info
 from jobs.status import not_over
-from jobs.submitit_internals import sbatch_script
+from jobs.submitit_internals import SbatchRefused, sbatch_script
 from worldmodels import config as config_lib
 from worldmodels import identity
 from worldmodels.config import Config
@@ -280,7 +280,12 @@ def _submit(stage: str, res: Resources, folder: Path, dependency: str | None, jo
     for first in range(0, len(job_args), chunk):
         part = job_args[first:first + chunk]
         executor = make_executor(stage, res, folder, dependency, len(part), container, readonly, writable)
-        ids += [j.job_id for j in executor.map_array(job, *(list(column) for column in zip(*part)))]
+        try:
+            ids += [j.job_id for j in executor.map_array(job, *(list(column) for column in zip(*part)))]
+        except SbatchRefused as exc:  # sbatch said no: an account, QOS or limit of the profile
+            said = (str(exc).strip().splitlines() or ["no reason given"])[-1].removeprefix("sbatch: error: ")
+            raise ConfigError(f"sbatch refused {stage}'s jobs ({said}); any stage submitted before it stays queued "
+                              "(see `status`): scancel it, fix the profile, and submit again") from None
     return ids
 
 

@@ -4,7 +4,9 @@
   files), rendered by `SlurmExecutor._make_submission_file_text` with `_submitit_command_str`,
   and `map_count`, which `map_array` sets before rendering an array;
 - `requeue_from_outside`: inside a container without Slurm's tools, `SlurmJobEnvironment._requeue`
-  (which runs `scontrol requeue`) is replaced by an exit that containers/run.sh acts on, on the host.
+  (which runs `scontrol requeue`) is replaced by an exit that containers/run.sh acts on, on the host;
+- `SbatchRefused`: what `map_array` raises when sbatch refuses a job (`core.utils.FailedJobError`,
+  not exported at the top level), with sbatch's stderr as its message.
 
 `check()` says in one line which of these an upgrade removed; tests/test_adapters.py runs it.
 """
@@ -19,7 +21,14 @@ USED = {
     "SlurmExecutor._submitit_command_str": "the command the script runs",
     "SlurmExecutor.parameters['map_count']": "how map_array asks for an array",
     "SlurmJobEnvironment._requeue": "runs scontrol requeue on preemption",
+    "submitit.core.utils.FailedJobError": "raised when sbatch refuses a job",
 }
+
+try:
+    from submitit.core.utils import FailedJobError as SbatchRefused
+except ImportError:  # check() names it
+    class SbatchRefused(Exception):  # type: ignore[no-redef]  # never raised: nothing is caught in its name
+        pass
 
 
 def sbatch_script(executor: Any, array_size: int = 1) -> str:
@@ -45,6 +54,7 @@ def check() -> None:
     import tempfile
 
     import submitit
+    import submitit.core.utils
     from submitit.slurm.slurm import SlurmExecutor, SlurmJobEnvironment
 
     with tempfile.TemporaryDirectory() as folder:
@@ -54,6 +64,7 @@ def check() -> None:
             ("SlurmExecutor._make_submission_file_text", callable(getattr(SlurmExecutor, "_make_submission_file_text", None))),
             ("SlurmExecutor._submitit_command_str", isinstance(getattr(SlurmExecutor, "_submitit_command_str", None), property)),
             ("SlurmJobEnvironment._requeue", callable(getattr(SlurmJobEnvironment, "_requeue", None))),
+            ("submitit.core.utils.FailedJobError", SbatchRefused is getattr(submitit.core.utils, "FailedJobError", None)),
         ) if not ok]
         if not missing:
             executor.update_parameters(timeout_min=1)

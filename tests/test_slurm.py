@@ -327,16 +327,23 @@ def test_a_stage_submitted_before_its_inputs_exist_or_with_a_config_it_cannot_ru
     assert not (tmp_path / "run").exists()
 
 
-def test_a_stage_whose_jobs_are_not_over_is_not_submitted_again(cluster, tmp_path):
+def test_a_stage_whose_jobs_are_not_over_is_not_submitted_again_nor_is_the_pipeline_sbatch_refused_midway(
+        cluster, tmp_path):
     from jobs.status import not_over
 
     profile = yaml.safe_load(LOCAL.read_text())
     profile["default"]["extra_sbatch"] = ["begin=now+3600"]  # held in the queue for an hour
     held = tmp_path / "held.yaml"
     held.write_text(yaml.safe_dump(profile))
+    profile["stages"]["train-vae"]["extra_sbatch"] = ["begin=no-such-time"]  # sbatch refuses it
+    refusing = tmp_path / "refusing.yaml"
+    refusing.write_text(yaml.safe_dump(profile))
     run = tmp_path / "run"
-    assert submit(run, "collect", profile=held).returncode == 0
+    proc = submit(run, "pipeline", profile=refusing)
+    assert proc.returncode == 2 and "error: sbatch refused train-vae's jobs (" in proc.stderr, proc.stderr
+    assert "(Invalid --begin specification)" in proc.stderr and "scancel it, fix the profile" in proc.stderr
     ids, recorded = job_ids(run, "collect"), (run / "slurm" / "jobs.json").read_text()
+    assert list(json.loads(recorded)) == ["collect"]  # submitted before the refusal, and kept for status
     try:
         for stage in ("collect", "pipeline"):
             proc = submit(run, stage, profile=held)
