@@ -207,6 +207,22 @@ def finished(proc: subprocess.Popen) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(proc.args, proc.wait(30), "", proc.stderr.read())
 
 
+def test_verify_leaves_the_checkpoints_of_a_running_stage_alone_and_checks_them_once_it_stopped(tmp_path):
+    run = tmp_path / "run"
+    identity.begin(config.load(SMOKE), run, "report")
+    (run / "checkpoints" / "vae").mkdir(parents=True)
+    (run / "checkpoints" / "vae" / ".step-000000005.tmp").write_bytes(b"half")  # a checkpoint being written
+    holder = holding_a_lease(run / "state" / "train-vae.lease")
+    try:
+        proc = run_cli("verify", run)  # not "damaged": the write is going on
+        assert "not checked, train-vae is running" in proc.stdout and f"pid {holder.pid}" in proc.stdout, proc.stdout
+    finally:
+        holder.kill()
+        holder.wait()
+    proc = run_cli("verify", run, check=False)  # its holder is gone: what it left is damage
+    assert proc.returncode == 1 and "left by a write that was killed midway" in proc.stdout, proc.stdout
+
+
 def test_a_holder_whose_lease_was_taken_stops_at_once_writing_nothing(tmp_path):
     path = tmp_path / "state" / "stage.lease"
     proc = holding_a_lease(path)

@@ -32,10 +32,11 @@ def verify(run_dir: str | Path, repair: bool = False) -> tuple[list[str], list[s
 
         what = "a sweep folder: verify each of its points" if Sweep.is_sweep(run.path) else "not a run directory"
         raise DataError(f"{run.path} is {what} (no {run.config_file.name})")
-    holders = lease.live_holders(run.path) if repair else []
-    if holders:  # never change what a running stage is writing
+    holders = lease.live_holders(run.path)
+    if holders and repair:  # never change what a running stage is writing
         holder = holders[0]
         raise DataError(f"{holder['lease'].stem} is running in {run.path} ({lease.who(holder)}): repair once it has stopped")
+    running = {holder["lease"].name.split(".")[0]: holder for holder in holders}
     problems, notes, unrepaired, rerun = [], [], 0, []
     for stage, attr in STORES.items():
         path = getattr(run, attr)
@@ -57,6 +58,9 @@ def verify(run_dir: str | Path, repair: bool = False) -> tuple[list[str], list[s
     for stage in CHECKPOINTS:
         directory = run.checkpoints(stage)
         if not directory.is_dir():
+            continue
+        if stage in running:  # its newest checkpoint may be half written, an old one pruned as it is read
+            notes.append(f"{directory}: not checked, {stage} is running ({lease.who(running[stage])})")
             continue
         fixed = repair and run.owner(stage) is run
         ckpt = Checkpointer(directory, every_steps=1, every_s=0, keep=1)
