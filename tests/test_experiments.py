@@ -12,6 +12,7 @@ import torch
 from conftest import SMOKE, cli_env, run_cli, tree_digest
 from worldmodels import config, identity
 from worldmodels.checkpoint import Checkpointer, load_file
+from worldmodels.errors import ConfigError
 from worldmodels.stages import chain
 
 BRANCH = ["controller.mode=dream", "controller.seed=3"]
@@ -252,6 +253,23 @@ def test_a_local_sweep_branches_every_point_and_compare_gives_each_point_its_int
         proc = run_cli(*command, check=False)
         assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert (tree_digest(base), tree_digest(sweep)) == before and not (tmp_path / "s2").exists()
+
+
+def test_a_sweep_saved_before_a_config_key_was_added_is_the_same_sweep_at_the_value_it_behaved_as(tmp_path):
+    from worldmodels.sweep import SWEEP_FILE, Sweep
+
+    cfg, grid, folder = config.load(SMOKE), ["controller.seed=1,2"], tmp_path / "sweep"
+    Sweep.define(folder, cfg, grid).save()
+    saved = json.loads((folder / SWEEP_FILE).read_text())
+    del saved["config"]["controller"]["inputs"]  # as saved before controller.inputs existed (behaving as zh)
+    (folder / SWEEP_FILE).write_text(json.dumps(saved))
+    Sweep.define(folder, cfg, grid)
+    with pytest.raises(ConfigError, match=r"controller.inputs: 'zh' \(saved\) != 'z'"):
+        Sweep.define(folder, config.override(cfg, ["controller.inputs=z"]), grid)
+    del saved["config"]["vae"]["lr"]  # a key that always existed
+    (folder / SWEEP_FILE).write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match="vae.lr"):
+        Sweep.define(folder, cfg, grid)
 
 
 def test_grids_given_with_several_grid_flags_add_up():

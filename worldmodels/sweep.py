@@ -66,10 +66,13 @@ class Sweep:
             if text in made and not cls.is_sweep(directory):  # a value given twice, as written (1,1) or as read (1,01)
                 raise ConfigError(f"grid points {made[text]} and {point.name} give the same config: give each value once")
             made[text] = point.name
-        from worldmodels.identity import OPERATIONAL
+        from worldmodels.identity import ADDED_SINCE_FORMAT, OPERATIONAL
 
         saved, mine = read_json(directory / SWEEP_FILE), sweep._record()
         if saved is not None:
+            for key, before in ADDED_SINCE_FORMAT.items():  # saved before the key existed: it behaved as this value
+                section, _, leaf = key.rpartition(".")
+                saved.get("config", {}).get(section, {}).setdefault(leaf, before)
             # the grid's keys in order too: they name the points' folders
             changed = ["grid"] if list(saved.get("grid", {}).items()) != list(mine["grid"].items()) else []
             changed += ["base"] if saved.get("base") != mine["base"] else []
