@@ -206,7 +206,8 @@ def test_a_hung_rank_then_a_cut_link_during_train_controller_each_requeue_and_th
     # the controller of another seed, branched from the reference's V and M, uninterrupted and local
     seed = ["controller.seed=5", "controller.generations=8"]
     alone = tmp_path / "alone"
-    run_cli("train-controller", "--config", SMOKE, "--run-dir", alone, "--from", reference, *RUN, *seed)
+    # a guard against a hang, not a time limit: on a slow day beside another test worker this took 300 s
+    run_cli("train-controller", "--config", SMOKE, "--run-dir", alone, "--from", reference, *RUN, *seed, timeout=900)
     run = tmp_path / "run"
     proc = submit(run, "train-controller", "--from", str(reference), *seed, "controller.heartbeat_s=5")
     assert proc.returncode == 0, proc.stderr
