@@ -224,8 +224,11 @@ def check_not_queued(run: RunDir, stages: list[str]) -> None:
     """Refuse to submit again a stage whose jobs Slurm still has: the copy would only be refused by
     the stage's lease when it starts, and the jobs after it would wait on it for ever."""
     submitted = json.loads(run.jobs_file.read_text()) if run.jobs_file.is_file() else {}
+    ids = {stage: submitted.get(stage, {}).get("ids", []) for stage in stages}
+    queued = not_over([i for stage in stages for i in ids[stage]])  # one look at the queue for all of them
     for stage in stages:
-        live = not_over(submitted.get(stage, {}).get("ids", []))
+        arrays = {i.split("_")[0] for i in ids[stage]}
+        live = {job: state for job, state in queued.items() if job.split("_")[0] in arrays}
         if live:
             jobs = ", ".join(f"{job} {state}" for job, state in list(live.items())[:4]) + (", ..." if len(live) > 4 else "")
             raise ConfigError(f"{stage} of {run.path} was submitted already and its jobs are not over ({jobs}): "

@@ -94,6 +94,11 @@ def _acquire(path: Path, name: str, me: dict[str, Any]) -> None:
     raise DataError(f"{name}: could not take the lease {path} (other processes keep taking it); is another copy starting?")
 
 
+def stage_of(path: Path) -> str:
+    """The stage whose lease (lease_file) is at `path`."""
+    return path.name.split(".")[0]
+
+
 def live_holders(run_path: Path) -> list[dict[str, Any]]:
     """The holders of the run's leases that may still be running (each with its `lease` file)."""
     me = {**_here(), "job": None}
@@ -106,7 +111,7 @@ def running_otherwise(run_path: Path, stage: str, identity: str, besides: Path |
     `identity`, as `who` says it ("" when nobody), the lease at `besides` (this process's own) aside:
     tasks of one stage starting together with the same new values do not stop each other."""
     for holder in live_holders(run_path):
-        if holder["lease"].name.split(".")[0] == stage and holder["lease"] != besides and holder.get("identity") != identity:
+        if stage_of(holder["lease"]) == stage and holder["lease"] != besides and holder.get("identity") != identity:
             return who(holder)
     return ""
 

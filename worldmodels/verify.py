@@ -36,7 +36,7 @@ def verify(run_dir: str | Path, repair: bool = False) -> tuple[list[str], list[s
     if holders and repair:  # never change what a running stage is writing
         holder = holders[0]
         raise DataError(f"{holder['lease'].stem} is running in {run.path} ({lease.who(holder)}): repair once it has stopped")
-    running = {holder["lease"].name.split(".")[0]: holder for holder in holders}
+    running = {lease.stage_of(holder["lease"]): holder for holder in holders}
     problems, notes, unrepaired, rerun = [], [], 0, []
     for stage, attr in STORES.items():
         path = getattr(run, attr)
