@@ -106,7 +106,9 @@ def test_a_refused_second_copy_changes_nothing_and_one_with_other_values_is_refu
     run = tmp_path / "run"
     args = ["collect", "--config", SMOKE, "--run-dir", run, "collect.episodes=60", "env.max_steps=300"]
     first = start_cli(*args)
-    wait_for(lambda: (run / "state" / "collect.lease").is_file() and (run / "stages" / "collect.json").is_file(), first)
+    # begin writes the stage records, then config.yaml: wait for all three
+    wait_for(lambda: all((run / name).is_file() for name in ("state/collect.lease", "stages/collect.json", "config.yaml")),
+             first)
     before = run_files(run)
     # other values for the running stage, whether or not it has made anything yet
     error = one_error_line(run_cli(*args, "collect.episodes=61", check=False))
