@@ -15,9 +15,10 @@ from typing import Any
 
 import submitit
 
-from jobs import slurm_env
+from jobs import mpi_start, slurm_env
 from worldmodels import heartbeat
 from worldmodels.pipeline import run_stage
+from worldmodels.stages import STAGES
 
 log = logging.getLogger("worldmodels")
 
@@ -44,6 +45,8 @@ class StageJob(submitit.helpers.Checkpointable):
         log.info("%s: job %s attempt %d (restart count %d) on %s%s for %s", self.stage, info["job_id"], info["restart"] + 1,
                  info["restart"], info["host"], f" in container {info['container']}" if info["container"] else "", run_dir)
         cfg = config_lib.from_dict(config)
+        if STAGES[self.stage].mpi:
+            mpi_start.start(mpi_start.job_folder())  # a rank that dies here has the job requeued
         try:
             line = run_stage(self.stage, cfg, Path(run_dir), task, num_tasks, job=info["job_id"])
         except Interrupted as exc:

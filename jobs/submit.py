@@ -26,6 +26,7 @@ from typing import Any
 
 import submitit
 
+from jobs import mpi_start
 from jobs.entries import StageJob
 from jobs.profile import Profile, Resources, check_against_cluster, cluster_info
 from jobs.status import not_over
@@ -86,6 +87,7 @@ def make_executor(stage: str, res: Resources, folder: Path, dependency: str | No
     if STAGES[stage].mpi:
         # every task is an MPI rank; a rank that dies takes the job down with it
         params["slurm_srun_args"] = ["--mpi=pmix", "--kill-on-bad-exit=1"]
+        params["slurm_teardown"] = mpi_start.batch_script_lines(str(folder / "slurm" / "%j"))  # a failed start: again
     executor.update_parameters(**params)
     return executor
 

@@ -201,7 +201,18 @@ def test_losing_a_node_during_collect_then_train_vae_requeues_resumes_and_ends_i
         assert [a["state"] for a in job["attempts"]] == ["NODE_FAIL", "COMPLETED"] and job["restarts"] == 1, (stage, job)
 
 
-def test_a_hung_rank_then_a_cut_link_during_train_controller_each_requeue_and_the_history_equals_one_process(
+def failing_first_mpi_start(folder: Path) -> Path:
+    """The local profile where train-controller's first attempt fails in MPI_Init, for real: Open MPI
+    is told to use a messaging layer that does not exist."""
+    profile = yaml.safe_load(LOCAL.read_text())
+    first_only = '[ "${SLURM_RESTART_COUNT:-0}" -gt 0 ] || export OMPI_MCA_pml=no-such-layer'
+    profile["stages"]["train-controller"]["setup"] = [*profile["default"]["setup"], first_only]
+    path = folder / "failing-first-mpi-start.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    return path
+
+
+def test_a_failed_mpi_start_a_hung_rank_then_a_cut_link_during_train_controller_each_requeue_and_the_history_equals_one_process(
         cluster, reference, tmp_path):
     # the controller of another seed, branched from the reference's V and M, uninterrupted and local
     seed = ["controller.seed=5", "controller.generations=8"]
@@ -209,9 +220,14 @@ def test_a_hung_rank_then_a_cut_link_during_train_controller_each_requeue_and_th
     # a guard against a hang, not a time limit: on a slow day beside another test worker this took 300 s
     run_cli("train-controller", "--config", SMOKE, "--run-dir", alone, "--from", reference, *RUN, *seed, timeout=900)
     run = tmp_path / "run"
-    proc = submit(run, "train-controller", "--from", str(reference), *seed, "controller.heartbeat_s=5")
+    proc = submit(run, "train-controller", "--from", str(reference), *seed, "controller.heartbeat_s=5",
+                  profile=failing_first_mpi_start(tmp_path))
     assert proc.returncode == 0, proc.stderr
     job = job_ids(run, "train-controller")[0]
+
+    # the ranks of the first attempt die in MPI_Init: having run nothing of the stage, the job is requeued
+    wait_for(lambda: scontrol(job).get("Restarts") == "1", timeout=120, what="requeue after a failed MPI start")
+    assert "a rank died while MPI started (1 time(s), at most 3): requeueing" in log_text(run, job)
     wait_for(lambda: progress(run, "train-controller") >= 2, what="controller progress")
 
     # a rank stops (SIGSTOP) on a live node: the heartbeat stops the job within its bound, which requeues
@@ -219,7 +235,7 @@ def test_a_hung_rank_then_a_cut_link_during_train_controller_each_requeue_and_th
     ranks = [p for p in cluster_pids(other) if "submitit" in Path(f"/proc/{p}/cmdline").read_text()]
     os.kill(ranks[0], signal.SIGSTOP)
     stopped = time.monotonic()
-    wait_for(lambda: scontrol(job).get("Restarts") == "1", timeout=60, what="requeue after a hung rank")
+    wait_for(lambda: scontrol(job).get("Restarts") == "2", timeout=60, what="requeue after a hung rank")
     print(f"hung rank: requeued after {time.monotonic() - stopped:.0f} s (heartbeat 5 s)")
     assert re.search(rf"rank \d on {other} sent no heartbeat for 5 s", log_text(run, job)), log_text(run, job)[-2000:]
     assert time.monotonic() - stopped < 5 + 30
