@@ -17,7 +17,7 @@ from conftest import SMOKE, assert_same_store, cli_env, run_cli, start_cli
 from worldmodels import config, identity, lease
 from worldmodels.checkpoint import Checkpointer
 from worldmodels.dataset import EpisodeStore, Field
-from worldmodels.errors import ConfigError
+from worldmodels.errors import ConfigError, StorageError
 from worldmodels.files import atomic_write
 from worldmodels.rundir import RunDir
 from worldmodels.zarr_internals import ChunkWriter
@@ -279,6 +279,47 @@ def test_a_full_disk_at_a_checkpoint_stops_training_in_one_line_and_the_rerun_re
     assert sorted(p.name for p in (run / "checkpoints" / "vae").iterdir()) == ["step-000000005.json", "step-000000005.pt"]
     remount(fs, "size=300m")
     assert "resuming from step 5" in run_cli("train-vae", "--config", SMOKE, "--run-dir", run).stderr
+    assert "0 damaged" in run_cli("verify", run).stdout
+
+
+def failing_reads(path: Path) -> bytes:
+    """Make every read of `path` fail with EIO, as a failing disk or file server does, for real: it
+    becomes a link to /proc/self/mem, whose first page no process has mapped. Returns its bytes."""
+    data = path.read_bytes()
+    path.unlink()
+    path.symlink_to("/proc/self/mem")
+    return data
+
+
+def test_a_checkpoint_whose_read_fails_is_kept_as_it_is_and_stops_its_reader_in_one_line(tmp_path):
+    ckpt = Checkpointer(tmp_path / "unit", every_steps=1, every_s=1e9, keep=2)
+    for step in (1, 2):
+        ckpt.save(step, {"step": step})
+    newest = tmp_path / "unit" / "step-000000002.pt"
+    data = failing_reads(newest)
+    for read in (lambda: ckpt.resume("train-vae"), ckpt.load_latest):  # no fallback to step 1, nothing set aside
+        with pytest.raises(StorageError, match=r"step-000000002.pt: cannot be read now \(Input/output error\)"):
+            read()
+    assert ckpt.steps() == [1, 2] and not ckpt.corrupt()
+    newest.unlink()
+    newest.write_bytes(data)  # the file system answers again
+    assert ckpt.resume("train-vae")["step"] == 2
+
+    run = tmp_path / "run"
+    args = ["--config", SMOKE, "--run-dir", run]
+    run_cli("collect", *args)
+    run_cli("train-vae", *args)
+    final = RunDir(run).checkpoints("train-vae") / "step-000000012.pt"
+    data = failing_reads(final)
+    error = one_error_line(run_cli("encode", *args, check=False))
+    assert f"{final}: cannot be read now (Input/output error)" in error
+    for repair in ([], ["--repair"]):  # reported, and not set aside as damage: it may read back whole
+        proc = run_cli("verify", run, *repair, check=False)
+        assert proc.returncode == 1 and f"{final}: cannot be read now" in proc.stdout + proc.stderr, proc.stdout
+        assert final.is_symlink() and not list(final.parent.glob("*.repaired"))
+    final.unlink()
+    final.write_bytes(data)
+    run_cli("encode", *args)
     assert "0 damaged" in run_cli("verify", run).stdout
 
 

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from worldmodels.errors import DataError
+from worldmodels.errors import DataError, StorageError
 from worldmodels.files import atomic_write, read_json
 
 if TYPE_CHECKING:  # torch is imported where a tensor is read or written: `status` lists checkpoints without it
@@ -63,7 +63,8 @@ class Checkpointer:
 
     def load_latest(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
         """The newest checkpoint that verifies and loads, or None when there is none (for readers:
-        nothing is changed on disk, which may be another run's, read-only)."""
+        nothing is changed on disk, which may be another run's, read-only). A read that fails raises
+        StorageError rather than falling back to an older checkpoint."""
         for step in reversed(self.steps()):
             try:
                 return load_file(self.directory / f"step-{step:09d}.pt", map_location)
@@ -76,7 +77,8 @@ class Checkpointer:
 
         Leftovers of interrupted writes are removed; a checkpoint that does not verify is set aside
         as `*.corrupt` (it no longer holds one of the keep-last-K places); and when none verifies
-        but some were set aside, this refuses rather than silently starting over.
+        but some were set aside, this refuses rather than silently starting over. A checkpoint whose
+        read fails is left as it is, and the stage stops: the rerun reads it again.
         """
         for leftover in self.directory.glob(".step-*.tmp"):  # a kill mid-write (one writer per stage)
             leftover.unlink(missing_ok=True)
@@ -165,7 +167,8 @@ def save_file(path: str | Path, state: dict[str, Any], summary: dict[str, Any] |
 
 
 def load_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load one checkpoint after checking it against its marker; DataError when it does not verify."""
+    """Load one checkpoint after checking it against its marker; DataError when it does not verify,
+    StorageError when it cannot be read (not known to be damaged)."""
     import torch
 
     path = Path(path)
@@ -173,8 +176,13 @@ def load_file(path: str | Path, map_location: str | torch.device = "cpu") -> dic
     try:
         marker = json.loads(marker_path.read_text())
         data = path.read_bytes()
-    except (OSError, ValueError) as exc:
+    except (FileNotFoundError, ValueError) as exc:  # a marker without its data, or a garbled one
         raise DataError(f"{path}: unreadable checkpoint or marker ({exc})") from None
+    except PermissionError:  # not the file system failing: the CLI says whose run this is
+        raise
+    except OSError as exc:  # EIO, ESTALE: a read that failed says nothing of the file, which may read back whole later
+        raise StorageError(f"{path}: cannot be read now ({exc.strerror or exc}); it is kept as it is: rerun once the "
+                           "file system answers") from exc
     if len(data) != marker.get("bytes") or hashlib.sha256(data).hexdigest() != marker.get("sha256"):
         raise DataError(f"{path}: corrupt checkpoint (does not match its marker)")
     try:

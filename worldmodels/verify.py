@@ -5,8 +5,10 @@ is checked against its marker and loaded. `--repair` makes damage something a re
 damaged episode is uncommitted (its index length removed), so that rerunning the stage that
 wrote it (collect or encode) writes exactly that episode again, the same as before since episodes
 are deterministic; a damaged checkpoint is set aside as `*.repaired`, so that the training stage
-resumes from the one before it (or starts over, when none is left: the same steps again). Stores and checkpoints reused from another run (`--from`) are
-checked but repaired only in the run that owns them.
+resumes from the one before it (or starts over, when none is left: the same steps again). A
+checkpoint whose read fails (an I/O error, not a mismatch with its marker) is reported and never
+set aside: it may read back whole later. Stores and checkpoints reused from another run (`--from`)
+are checked but repaired only in the run that owns them.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from worldmodels import lease
 from worldmodels.checkpoint import Checkpointer, load_file
 from worldmodels.dataset import EpisodeStore
-from worldmodels.errors import DataError
+from worldmodels.errors import DataError, StorageError
 from worldmodels.rundir import CHECKPOINTS, RunDir
 
 STORES = {"collect": "rollouts", "encode": "latents"}
@@ -64,7 +66,7 @@ def verify(run_dir: str | Path, repair: bool = False) -> tuple[list[str], list[s
             continue
         fixed = repair and run.owner(stage) is run
         ckpt = Checkpointer(directory, every_steps=1, every_s=0, keep=1)
-        steps, bad = ckpt.steps(), 0
+        steps, bad, unread = ckpt.steps(), 0, 0
         for step in steps:
             try:
                 load_file(directory / f"step-{step:09d}.pt")
@@ -73,6 +75,9 @@ def verify(run_dir: str | Path, repair: bool = False) -> tuple[list[str], list[s
                 bad += 1
                 if fixed:
                     ckpt.set_aside(step, suffix="repaired")
+            except StorageError as exc:  # not known to be damaged: never set aside, and not sound either
+                problems.append(str(exc))
+                unread += 1
         torn = list(directory.glob(".step-*.tmp"))
         for leftover in torn:
             problems.append(f"{leftover}: left by a write that was killed midway")
@@ -83,18 +88,19 @@ def verify(run_dir: str | Path, repair: bool = False) -> tuple[list[str], list[s
         if refusing and not bad:
             problems.append(f"{directory}: no checkpoint left but some set aside as *.corrupt: {stage} refuses to "
                             "start over")
-        notes.append(f"{directory}: {len(steps)} checkpoints checked, {bad} damaged")
+        notes.append(f"{directory}: {len(steps)} checkpoints checked, {bad} damaged" + (f", {unread} unread" if unread else ""))
         if fixed and (bad or refusing):
             if refusing:  # the rerun this asks for would be refused
                 ckpt.lift_corrupt()
             rerun.append(stage)
         elif not fixed:
             unrepaired += bad + len(torn) + (refusing and not bad)
+        unrepaired += unread
     if rerun:
         notes.append("repaired: rerun " + ", ".join(rerun) + " to make again exactly what was dropped")
     if problems and unrepaired and repair:
-        notes.append("not repaired here: damage in what this run reuses from another (repair it there) or in a store "
-                     "that cannot be opened")
+        notes.append("not repaired here: damage in what this run reuses from another (repair it there), a store "
+                     "that cannot be opened or a checkpoint that cannot be read now")
     return problems, notes, not unrepaired
 
 
