@@ -17,6 +17,8 @@ read-write and the runs it reuses from bound read-only.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shlex
 import sys
@@ -285,12 +287,18 @@ def _submit(stage: str, res: Resources, folder: Path, dependency: str | None, jo
     for first in range(0, len(job_args), chunk):
         part = job_args[first:first + chunk]
         executor = make_executor(stage, res, folder, dependency, len(part), container, readonly, writable)
+        printed = io.StringIO()  # submitit prints sbatch's stderr before raising: the one line below says it
         try:
-            ids += [j.job_id for j in executor.map_array(job, *(list(column) for column in zip(*part)))]
+            with contextlib.redirect_stderr(printed):
+                ids += [j.job_id for j in executor.map_array(job, *(list(column) for column in zip(*part)))]
         except SbatchRefused as exc:  # sbatch said no: an account, QOS or limit of the profile
             said = (str(exc).strip().splitlines() or ["no reason given"])[-1].removeprefix("sbatch: error: ")
             raise ConfigError(f"sbatch refused {stage}'s jobs ({said}); any stage submitted before it stays queued "
                               "(see `status`): scancel it, fix the profile, and submit again") from None
+        except BaseException:
+            sys.stderr.write(printed.getvalue())
+            raise
+        sys.stderr.write(printed.getvalue())
     return ids
 
 

@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from conftest import ROOT, SMOKE, assert_same_store, job_ids, log_text, run_cli, scontrol, wait_done, wait_for
+from jobs import mpi_start
 from worldmodels import config, identity
 from worldmodels.checkpoint import load_file
 from worldmodels.stages import STAGES as REGISTRY, chain
@@ -358,6 +359,7 @@ def test_a_stage_whose_jobs_are_not_over_is_not_submitted_again_nor_is_the_pipel
     run = tmp_path / "run"
     proc = submit(run, "pipeline", profile=refusing)
     assert proc.returncode == 2 and "error: sbatch refused train-vae's jobs (" in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr  # sbatch's own words only once, in that line
     assert "(Invalid --begin specification)" in proc.stderr and "scancel it, fix the profile" in proc.stderr
     ids, recorded = job_ids(run, "collect"), (run / "slurm" / "jobs.json").read_text()
     assert list(json.loads(recorded)) == ["collect"]  # submitted before the refusal, and kept for status
@@ -415,6 +417,38 @@ def test_rendered_sbatch_scripts_match_the_checked_in_ones(profile, tmp_path):
     if os.environ.get("UPDATE_GOLDEN"):
         golden.write_text(rendered)
     assert rendered == golden.read_text(), "rendered scripts changed; review and rerun with UPDATE_GOLDEN=1"
+
+
+def teardown(folder: Path, srun_status: int, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, str]:
+    """mpi_start's lines after an srun that exited with `srun_status`, in bash with Slurm's variables
+    `env`; scontrol is a shell function that writes what it was asked. Returns the run and that."""
+    asked = folder / "asked"
+    asked.unlink(missing_ok=True)
+    script = "\n".join([f"scontrol() {{ echo \"$*\" > {asked}; }}", f"(exit {srun_status})",
+                         *mpi_start.batch_script_lines(str(folder / "%j"))])
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env={"PATH": os.environ["PATH"], **env})
+    return proc, asked.read_text().strip() if asked.exists() else ""
+
+
+@pytest.mark.parametrize("env, job", [({"SLURM_JOB_ID": "57"}, "57"),  # a run's job, and a sweep's array task
+                                      ({"SLURM_JOB_ID": "60", "SLURM_ARRAY_JOB_ID": "57", "SLURM_ARRAY_TASK_ID": "2"}, "57_2")])
+def test_the_batch_script_requeues_a_job_whose_mpi_start_failed_in_this_attempt_three_times_at_most(tmp_path, env, job):
+    folder = tmp_path / job  # submitit's log folder for the job
+    folder.mkdir()
+    proc, asked = teardown(tmp_path, 1, env)
+    assert proc.returncode == 1 and asked == "" and proc.stderr == ""  # no mark: the stage failed, not MPI's start
+    mpi_start.mark(folder, 0, 1).touch()  # rank 1 of the first attempt never met the others
+    proc, asked = teardown(tmp_path, 0, env)
+    assert proc.returncode == 0 and asked == ""  # srun ended well: nothing to do
+    proc, asked = teardown(tmp_path, 1, env)
+    assert proc.returncode == 1 and asked == f"requeue {job}"
+    assert proc.stderr == f"a rank died while MPI started (1 time(s), at most 3): requeueing job {job}\n"
+    proc, asked = teardown(tmp_path, 1, {**env, "SLURM_RESTART_COUNT": "1"})  # a later attempt failed otherwise
+    assert asked == "" and proc.returncode == 1
+    for restart in (1, 2):
+        mpi_start.mark(folder, restart, 0).touch()
+    proc, asked = teardown(tmp_path, 1, {**env, "SLURM_RESTART_COUNT": "2"})
+    assert asked == "" and proc.returncode == 1 and f"MPI failed to start 3 times in job {job}: not requeueing" in proc.stderr
 
 
 def test_a_second_local_cluster_runs_beside_the_first_and_down_removes_all_of_it(cluster):
