@@ -121,10 +121,25 @@ def wait_done(run: Path, ids: list[str], timeout: float = 900) -> None:
     raise AssertionError(f"jobs {ids} not finished after {timeout} s: {states}")
 
 
-def wait_for(predicate, timeout: float = 180, what: str = "progress") -> None:
+def wait_for(predicate, timeout: float = 180, what: str = "progress", proc: subprocess.Popen | None = None,
+             every: float = 0.1) -> None:
+    """Wait until `predicate()` holds, looking every `every` s, with a deadline; `proc`, the process
+    expected to make it hold, must still be running (else the test fails with its stderr)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"no {what} after {timeout} s")
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"no {what}: the process ended with exit code {proc.returncode}\n"
+                                 + (proc.stderr.read() if proc.stderr else ""))
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} after {timeout} s")
+        time.sleep(every)
+
+
+def committed(run: Path) -> int:
+    """Episodes committed in a run's rollouts so far (0 before the store exists)."""
+    from worldmodels.dataset import EpisodeStore
+
+    try:
+        return len(EpisodeStore.open(run / "data" / "rollouts.zarr").complete())
+    except Exception:  # not made yet, or made as this looks
+        return 0

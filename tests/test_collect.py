@@ -3,13 +3,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import SMOKE, assert_same_store, cli_env, run_cli, start_cli, tree_digest
+from conftest import SMOKE, assert_same_store, cli_env, committed, run_cli, start_cli, tree_digest, wait_for
 from worldmodels.dataset import EpisodeStore
 
 LONGER = ["collect.episodes=8", "env.max_steps=400", "collect.envs_per_task=1"]  # ~10 s of play
@@ -92,23 +91,12 @@ def test_the_dataset_does_not_depend_on_how_work_was_split(tmp_path):
     assert_same_store(one / "data" / "rollouts.zarr", batched / "data" / "rollouts.zarr")
 
 
-def wait_for_committed(run: Path, count: int, proc, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    path = run / "data" / "rollouts.zarr"
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "collect finished before it could be interrupted"
-        if path.exists() and (EpisodeStore.open(path).lengths() > 0).sum() >= count:
-            return
-        time.sleep(0.05)
-    raise AssertionError("no progress")
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_a_killed_collection_rerun_ends_identical_to_an_uninterrupted_one(tmp_path, sig):
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     run_cli("collect", "--config", SMOKE, "--run-dir", whole, *LONGER)
     proc = start_cli("collect", "--config", SMOKE, "--run-dir", cut, *LONGER)
-    wait_for_committed(cut, 2, proc)
+    wait_for(lambda: committed(cut) >= 2, 120, "two episodes", proc=proc, every=0.05)
     proc.send_signal(sig)
     code = proc.wait(30)
     if sig == signal.SIGTERM:
@@ -196,7 +184,7 @@ def test_an_interrupted_stage_resumes_the_same_wandb_run(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     run = tmp_path / "run"
     proc = start_cli("collect", "--config", SMOKE, "--run-dir", run, "logging.wandb=true", *LONGER)
-    wait_for_committed(run, 2, proc)
+    wait_for(lambda: committed(run) >= 2, 120, "two episodes", proc=proc, every=0.05)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 75
     run_cli("collect", "--config", SMOKE, "--run-dir", run, "logging.wandb=true", *LONGER)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SMOKE, cli_env, run_cli, start_cli, tree_digest
+from conftest import SMOKE, cli_env, run_cli, start_cli, tree_digest, wait_for
 from worldmodels import config
 from worldmodels.checkpoint import Checkpointer, load_file
 from worldmodels.controller import controller_size, flatten, unflatten
@@ -99,11 +99,9 @@ def test_sigterm_at_a_random_generation_then_rerun_ends_with_the_same_history(wo
     at = random.randrange(1, 8)
     proc = start_cli("train-controller", *args, "--run-dir", cut)
     directory = cut / "checkpoints" / "controller"
-    deadline = time.monotonic() + 120
-    while not (directory.exists() and len(list(directory.glob("*.json"))) >= min(at, 3)
-               and max(int(p.stem.split("-")[1]) for p in directory.glob("*.json")) >= at):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "slow"
-        time.sleep(0.01)
+    wait_for(lambda: directory.exists() and len(list(directory.glob("*.json"))) >= min(at, 3)
+             and max(int(p.stem.split("-")[1]) for p in directory.glob("*.json")) >= at,
+             120, f"generation {at}", proc=proc, every=0.01)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 75, proc.stderr.read()
     stopped = last_checkpoint(cut)["generation"]
@@ -132,10 +130,8 @@ def test_forty_generations_are_bitwise_the_same_under_one_process_mpirun_and_a_l
                               "--run-dir", str(moved)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env={**cli_env(), **MPI_ENV})
     directory = moved / "checkpoints" / "controller"
-    deadline = time.monotonic() + 120
-    while not (directory.exists() and any(int(p.stem.split("-")[1]) >= 15 for p in directory.glob("*.json"))):
-        assert ranks.poll() is None and time.monotonic() < deadline, ranks.stderr.read() if ranks.poll() is not None else "slow"
-        time.sleep(0.01)
+    wait_for(lambda: directory.exists() and any(int(p.stem.split("-")[1]) >= 15 for p in directory.glob("*.json")),
+             120, "generation 15", proc=ranks, every=0.01)
     ranks.send_signal(signal.SIGTERM)  # mpirun passes it to every rank
     ranks.wait(60)
     stopped = last_checkpoint(moved)["generation"]
@@ -185,10 +181,7 @@ def test_a_killed_or_hung_rank_makes_the_whole_job_exit_nonzero_promptly(world, 
                              str(SMOKE), "--run-dir", str(run), "controller.generations=1000", "controller.heartbeat_s=3"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**cli_env(), **MPI_ENV})
     directory = run / "checkpoints" / "controller"
-    deadline = time.monotonic() + 120
-    while not (directory.exists() and list(directory.glob("*.json"))):
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for(lambda: directory.exists() and list(directory.glob("*.json")), 120, "a checkpoint", proc=proc, every=0.05)
     ranks = subprocess.run(["pgrep", "-f", f"train-controller --config {SMOKE} --run-dir {run}"], capture_output=True, text=True)
     pids = [int(p) for p in ranks.stdout.split() if int(p) != proc.pid]
     children = [p for p in pids if Path(f"/proc/{p}/environ").exists()

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SMOKE, assert_same_store, cli_env, run_cli, start_cli
+from conftest import SMOKE, assert_same_store, cli_env, committed, run_cli, start_cli, wait_for
 from worldmodels import config, identity, lease
 from worldmodels.checkpoint import Checkpointer
 from worldmodels.dataset import EpisodeStore, Field
@@ -30,21 +30,6 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
     return errors[0]
-
-
-def wait_for(condition, proc=None, timeout=120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert proc is None or proc.poll() is None, proc.stderr.read() if proc else ""
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
-def committed(run: Path) -> int:
-    try:
-        return len(EpisodeStore.open(run / "data" / "rollouts.zarr").complete())
-    except Exception:
-        return 0
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +68,7 @@ def test_a_second_copy_of_a_running_stage_is_refused_naming_its_holder_and_a_kil
     run = tmp_path / "run"
     args = ["collect", "--config", SMOKE, "--run-dir", run, *LONG_COLLECT]
     first = start_cli(*args)
-    wait_for(lambda: committed(run) >= 1, first)
+    wait_for(lambda: committed(run) >= 1, 120, "an episode", proc=first, every=0.05)
     error = one_error_line(run_cli(*args, check=False))
     assert "collect is already running" in error and f"pid {first.pid}" in error and f"host {os.uname().nodename}" in error
     error = one_error_line(run_cli("verify", run, "--repair", check=False))  # nor is a running stage repaired
@@ -108,7 +93,7 @@ def test_a_refused_second_copy_changes_nothing_and_one_with_other_values_is_refu
     first = start_cli(*args)
     # begin writes the stage records, then config.yaml: wait for all three
     wait_for(lambda: all((run / name).is_file() for name in ("state/collect.lease", "stages/collect.json", "config.yaml")),
-             first)
+             120, "the stage's records", proc=first, every=0.05)
     before = run_files(run)
     # other values for the running stage, whether or not it has made anything yet
     error = one_error_line(run_cli(*args, "collect.episodes=61", check=False))
@@ -201,7 +186,7 @@ def holding_a_lease(path: Path, identity: str | None = None) -> subprocess.Popen
             f"with lease.hold(__import__('pathlib').Path({str(path)!r}), 'stage', identity={identity!r}):\n"
             "    time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], env=cli_env(), stderr=subprocess.PIPE, text=True)
-    wait_for(path.is_file, proc)
+    wait_for(path.is_file, 120, "lease", proc=proc, every=0.05)
     return proc
 
 
@@ -328,7 +313,7 @@ def test_a_run_directory_made_read_only_or_removed_mid_stage_is_one_line(tmpfs, 
     run = fs / "run"
     args = ["collect", "--config", SMOKE, "--run-dir", run, *LONG_COLLECT]
     proc = start_cli(*args)
-    wait_for(lambda: committed(run) >= 2, proc)
+    wait_for(lambda: committed(run) >= 2, 120, "two episodes", proc=proc, every=0.05)
     remount(fs, "ro")
     out, err = proc.communicate(timeout=120)
     error = one_error_line(subprocess.CompletedProcess(args, proc.returncode, out, err))
@@ -336,7 +321,7 @@ def test_a_run_directory_made_read_only_or_removed_mid_stage_is_one_line(tmpfs, 
     remount(fs, "rw")
     gone = tmp_path / "gone"
     proc = start_cli("collect", "--config", SMOKE, "--run-dir", gone, *LONG_COLLECT)
-    wait_for(lambda: committed(gone) >= 2, proc)
+    wait_for(lambda: committed(gone) >= 2, 120, "two episodes", proc=proc, every=0.05)
     # moved out of the way in one step, then deleted: `rm -rf` alone races the stage's writes,
     # which may land in a folder it has not emptied yet and so keep that folder
     gone.rename(tmp_path / "deleted")

@@ -2,13 +2,12 @@ import json
 import random
 import shutil
 import signal
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import SMOKE, run_cli, start_cli, assert_same_store, tree_digest
+from conftest import SMOKE, run_cli, start_cli, assert_same_store, tree_digest, wait_for
 from worldmodels.checkpoint import Checkpointer, load_file, save_file
 from worldmodels.dataset import EpisodeStore
 from worldmodels.errors import DataError
@@ -67,13 +66,8 @@ def assert_bitwise_equal(a, b, path="state"):
 
 def wait_for_step(run: Path, stage: str, step: int, proc, timeout=120):
     path = run / "logs" / f"{stage}.jsonl"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"{stage} ended before step {step}: {proc.stderr.read()}"
-        if path.exists() and any(json.loads(l)["step"] >= step for l in path.read_text().splitlines() if l.strip()):
-            return
-        time.sleep(0.02)
-    raise AssertionError("no progress")
+    wait_for(lambda: path.exists() and any(json.loads(l)["step"] >= step for l in path.read_text().splitlines() if l.strip()),
+             timeout, f"{stage} step {step}", proc=proc, every=0.02)
 
 
 @pytest.mark.parametrize("stage, sig", [("train-vae", signal.SIGTERM), ("train-mdnrnn", signal.SIGINT)])  # SIGINT: Ctrl-C
