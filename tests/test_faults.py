@@ -352,18 +352,39 @@ def test_every_write_of_a_running_stage_fails_rather_than_recreate_a_removed_run
         assert not run.path.exists(), f"{what} recreated the run directory"
 
 
-def test_a_chunk_damaged_under_a_training_stage_stops_it_in_one_line_naming_the_chunk(tmp_path):
-    run = tmp_path / "run"
+def collected_with_a_chunk(run: Path) -> tuple[str, int, Path]:
+    """Collect a smoke run; the last episode's second chunk of frames: (its description, the episode,
+    its file)."""
     run_cli("collect", "--config", SMOKE, "--run-dir", run)
     store = EpisodeStore.open(run / "data" / "rollouts.zarr")
     last = int(store.complete()[-1])
-    c = last * store.slot // store.array("frames").chunks[0] + 1  # the episode's second chunk
-    chunk = store.chunk_file("frames", c)
+    c = last * store.slot // store.array("frames").chunks[0] + 1
+    return store.describe_chunk("frames", c, last), last, store.chunk_file("frames", c)
+
+
+def test_a_chunk_damaged_under_a_training_stage_stops_it_in_one_line_naming_the_chunk(tmp_path):
+    run = tmp_path / "run"
+    chunk_named, last, chunk = collected_with_a_chunk(run)
     data = bytearray(chunk.read_bytes())
     data[100] ^= 0x01
     chunk.write_bytes(bytes(data))
     # enough steps that the shuffled loader reaches every chunk, after training has begun
     error = one_error_line(run_cli("train-vae", "--config", SMOKE, "--run-dir", run, "vae.steps=60", check=False))
-    assert f"{store.describe_chunk('frames', c, last)} does not verify" in error
+    assert f"{chunk_named} does not verify" in error
     state = json.loads((run / "state" / "train-vae.json").read_text())
     assert state["state"] == "failed" and state["done"] > 0 and f"episode {last}" in state["error"]
+
+
+def test_a_chunk_whose_read_fails_stops_training_in_one_line_and_verify_repair_drops_nothing(tmp_path):
+    run = tmp_path / "run"
+    chunk_named, last, chunk = collected_with_a_chunk(run)
+    data = failing_reads(chunk)
+    error = one_error_line(run_cli("train-vae", "--config", SMOKE, "--run-dir", run, "vae.steps=60", check=False))
+    assert f"{chunk_named} cannot be read now (Input/output error)" in error
+    for repair in ([], ["--repair"]):  # reported, not taken for damage: the episode stays committed
+        proc = run_cli("verify", run, *repair, check=False)
+        assert proc.returncode == 1 and "cannot be read now" in proc.stdout + proc.stderr, proc.stdout
+        assert last in EpisodeStore.open(run / "data" / "rollouts.zarr").complete()
+    chunk.unlink()
+    chunk.write_bytes(data)
+    assert run_cli("verify", run).stdout.strip().endswith("verify: sound (0 problems)")

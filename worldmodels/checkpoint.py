@@ -19,7 +19,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from worldmodels.errors import DataError, StorageError
+from worldmodels.errors import DataError, unreadable
 from worldmodels.files import atomic_write, read_json
 
 if TYPE_CHECKING:  # torch is imported where a tensor is read or written: `status` lists checkpoints without it
@@ -180,9 +180,8 @@ def load_file(path: str | Path, map_location: str | torch.device = "cpu") -> dic
         raise DataError(f"{path}: unreadable checkpoint or marker ({exc})") from None
     except PermissionError:  # not the file system failing: the CLI says whose run this is
         raise
-    except OSError as exc:  # EIO, ESTALE: a read that failed says nothing of the file, which may read back whole later
-        raise StorageError(f"{path}: cannot be read now ({exc.strerror or exc}); it is kept as it is: rerun once the "
-                           "file system answers") from exc
+    except OSError as exc:
+        raise unreadable(f"{path}:", exc) from exc
     if len(data) != marker.get("bytes") or hashlib.sha256(data).hexdigest() != marker.get("sha256"):
         raise DataError(f"{path}: corrupt checkpoint (does not match its marker)")
     try:

@@ -28,7 +28,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from worldmodels.errors import DataError, vanished
+from worldmodels.errors import DataError, unreadable, vanished
 from worldmodels.zarr_internals import ChunkWriter, chunk_key, read_into
 
 FORMAT = "worldmodels.episodes/3"
@@ -174,6 +174,8 @@ class EpisodeStore:
                     continue
                 try:
                     array[c * rows:(c + 1) * rows]
+                except OSError as exc:  # not known to be damaged: never dropped
+                    raise unreadable(self.describe_chunk(name, c, k), exc) from exc
                 except Exception as exc:  # a failed checksum or a codec error
                     found.append((name, c, f"does not verify ({type(exc).__name__}: {exc})"))
         return found
@@ -255,6 +257,8 @@ class EpisodeStore:
                     array[c * rows:(c + 1) * rows]
                 except Exception:
                     break
+            if isinstance(exc, OSError):  # a read that failed: not damage
+                raise unreadable(self.describe_chunk(name, c, episode), exc) from exc
             raise self._damage(name, c, episode, f"does not verify ({type(exc).__name__}: {exc})") from None
 
     def array(self, name: str) -> Any:
@@ -281,6 +285,8 @@ class EpisodeStore:
     def _read(self, name: str, where: Any) -> np.ndarray:
         try:
             return self.array(name)[where]
+        except OSError as exc:
+            raise unreadable(f"{self.path}/{name} at {where!r}", exc) from exc
         except Exception as exc:  # a damaged chunk surfaces as a codec or decode error
             raise DataError(f"{self.path}/{name}: cannot read {where!r}: {type(exc).__name__}: {exc}") from None
 

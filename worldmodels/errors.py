@@ -40,6 +40,13 @@ def explain_storage(exc: OSError, run_dir: Path) -> StorageError | None:
     return None
 
 
+def unreadable(what: str, exc: OSError) -> StorageError:
+    """The error for a read that failed (EIO, ESTALE): it says nothing of the file, which may read back
+    whole once the file system answers, so it is not damage, and nothing is set aside or dropped for it."""
+    return StorageError(f"{what} cannot be read now ({exc.strerror or exc}); it is kept as it is: rerun once the file "
+                        "system answers")
+
+
 def vanished(path: Path, during: str) -> StorageError:
     """The error for a directory removed while a stage wrote into it (which stops rather than recreate it)."""
     return StorageError(f"{path} vanished while {during} (deleted, or its file system unmounted); nothing more "

@@ -6,8 +6,8 @@ damaged episode is uncommitted (its index length removed), so that rerunning the
 wrote it (collect or encode) writes exactly that episode again, the same as before since episodes
 are deterministic; a damaged checkpoint is set aside as `*.repaired`, so that the training stage
 resumes from the one before it (or starts over, when none is left: the same steps again). A
-checkpoint whose read fails (an I/O error, not a mismatch with its marker) is reported and never
-set aside: it may read back whole later. Stores and checkpoints reused from another run (`--from`)
+chunk or checkpoint whose read fails (an I/O error, not a failed checksum) is reported and never
+dropped or set aside: it may read back whole later. Stores and checkpoints reused from another run (`--from`)
 are checked but repaired only in the run that owns them.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from worldmodels import lease
 from worldmodels.checkpoint import Checkpointer, load_file
 from worldmodels.dataset import EpisodeStore
-from worldmodels.errors import DataError, StorageError
+from worldmodels.errors import DataError, StorageError, unreadable
 from worldmodels.rundir import CHECKPOINTS, RunDir
 
 STORES = {"collect": "rollouts", "encode": "latents"}
@@ -47,7 +47,7 @@ def verify(run_dir: str | Path, repair: bool = False) -> tuple[list[str], list[s
         fixed = repair and run.owner(stage) is run
         try:
             found, episodes = _store_damage(EpisodeStore.open(path, mode="r"), fixed)
-        except DataError as exc:
+        except (DataError, StorageError) as exc:  # a store that cannot be opened, or a chunk that cannot be read now
             problems.append(str(exc))
             unrepaired += 1
             continue
@@ -100,7 +100,7 @@ def verify(run_dir: str | Path, repair: bool = False) -> tuple[list[str], list[s
         notes.append("repaired: rerun " + ", ".join(rerun) + " to make again exactly what was dropped")
     if problems and unrepaired and repair:
         notes.append("not repaired here: damage in what this run reuses from another (repair it there), a store "
-                     "that cannot be opened or a checkpoint that cannot be read now")
+                     "that cannot be opened or a file that cannot be read now")
     return problems, notes, not unrepaired
 
 
@@ -114,6 +114,8 @@ def _store_damage(store: EpisodeStore, repair: bool) -> tuple[list[str], int]:
         for k in range(store.num_episodes):
             try:
                 lengths.append(int(store.array("episodes/length")[k]))
+            except OSError as exc:  # a read that failed: not damage, never dropped
+                raise unreadable(store.describe_chunk("episodes/length", k, k), exc) from exc
             except Exception:
                 lengths.append(0)
                 unreadable.append(k)
