@@ -7,8 +7,8 @@ wrote it (collect or encode) writes exactly that episode again, the same as befo
 are deterministic; a damaged checkpoint is set aside as `*.repaired`, so that the training stage
 resumes from the one before it (or starts over, when none is left: the same steps again). A
 chunk or checkpoint whose read fails (an I/O error, not a failed checksum) is reported and never
-dropped or set aside: it may read back whole later. Stores and checkpoints reused from another run (`--from`)
-are checked but repaired only in the run that owns them.
+dropped or set aside: it may read back whole later. Stores and checkpoints reused from another
+run (`--from`) are checked but repaired only in the run that owns them.
 """
 
 from __future__ import annotations
@@ -88,7 +88,8 @@ def verify(run_dir: str | Path, repair: bool = False) -> tuple[list[str], list[s
         if refusing and not bad:
             problems.append(f"{directory}: no checkpoint left but some set aside as *.corrupt: {stage} refuses to "
                             "start over")
-        notes.append(f"{directory}: {len(steps)} checkpoints checked, {bad} damaged" + (f", {unread} unread" if unread else ""))
+        notes.append(f"{directory}: {len(steps)} checkpoints checked, {bad} damaged"
+                     + (f", {unread} unread" if unread else ""))
         if fixed and (bad or refusing):
             if refusing:  # the rerun this asks for would be refused
                 ckpt.lift_corrupt()
