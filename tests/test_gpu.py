@@ -4,7 +4,9 @@ Marked `gpu`; skipped where no CUDA device is present (CI machines have none).
 """
 
 import copy
+import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -95,3 +97,39 @@ def test_world_model_policy_plays_on_the_gpu():
     actions = policy.act(obs, np.arange(3))
     assert actions.shape == (3,) and actions.dtype == np.int64 and ((0 <= actions) & (actions < 6)).all()
     assert policy.h.device.type == "cuda" and policy.h.abs().sum() > 0
+
+
+def test_vae_compile_trains_compiled_or_falls_back_to_eager_with_one_warning(caplog):
+    from worldmodels.config import Config, VAEConfig
+    from worldmodels.train_vae import compiled
+
+    torch.manual_seed(0)
+    cfg = Config(vae=VAEConfig(batch_size=16, compile=True))
+    model = ConvVAE(32).to(CUDA, memory_format=torch.channels_last)
+    forward = compiled(model, cfg, CUDA)
+    assert all(p.grad is None for p in model.parameters())  # the trial leaves nothing behind
+    fell_back = [r for r in caplog.records if "vae.compile" in r.getMessage()]
+    assert (forward is model) == bool(fell_back) and len(fell_back) <= 1
+    x = torch.rand(16, 3, 64, 64, device=CUDA).contiguous(memory_format=torch.channels_last)
+    with autocast(CUDA):
+        recon, mu, logvar = forward(x, torch.randn(16, 32, device=CUDA))
+    loss = vae_loss(x, recon, mu.float(), logvar.float(), 0.5)[0]
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_the_pipeline_runs_on_the_gpu_with_c_found_in_the_dream(tmp_path):
+    from conftest import SMOKE, run_cli
+
+    from worldmodels.stages import STAGES
+
+    run = tmp_path / "run"
+    args = ["--config", SMOKE, "--run-dir", run, "train.device=cuda", "vae.compile=true", "controller.mode=dream",
+            "controller.rescore_every=0", "evaluate.videos=0"]
+    for stage in STAGES:
+        if stage != "report":
+            run_cli(stage, *args)
+    status = json.loads(run_cli("status", "--json", run).stdout)
+    assert all(s["state"] == "done" for name, s in status["stages"].items() if name != "report"), status
+    results = json.loads((run / "eval" / "results.json").read_text())
+    assert np.isfinite(results["mean"])

@@ -342,3 +342,25 @@ def test_a_data_stage_resumed_where_the_cpu_kernels_round_differently_says_so(up
     other = json.loads((run / "state" / "encode.json").read_text())["kernels"]
     assert other != made and f"encode: the {latents.num_episodes - 1} episodes already done were made where the CPU " \
         f"kernels round differently (kernels {made} there, {other} here" in said
+
+
+def test_a_compiler_that_fails_on_v_leaves_it_uncompiled_with_one_warning_and_no_gradients(caplog):
+    """vae.compile is tried once before training: where torch's compiler fails on V (with torch 2.11 on
+    CUDA it does, in the decoder's backward pass), V trains uncompiled instead of the stage ending at step 0.
+    Here the compiler really fails: it is given a C++ compiler that does not exist."""
+    import torch._inductor.config
+
+    from worldmodels.config import Config, VAEConfig
+    from worldmodels.train_vae import compiled
+    from worldmodels.vae import ConvVAE
+
+    model = ConvVAE(8)
+    try:
+        with torch._inductor.config.patch({"cpp.cxx": ("no-such-c++-compiler",)}):
+            forward = compiled(model, Config(vae=VAEConfig(z_size=8, batch_size=4, compile=True)), torch.device("cpu"))
+    finally:
+        torch._dynamo.reset()
+    assert forward is model and all(p.grad is None for p in model.parameters())
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "worldmodels"]
+    assert warning.startswith("train-vae: vae.compile: torch.compile fails on V with torch ") and \
+        warning.endswith("; training V uncompiled") and "no-such-c++-compiler" in warning

@@ -90,7 +90,7 @@ class VAEConfig:
     steps: int = 100_000  # optimizer steps (about 1 epoch of 10,000 episodes per 10,000 steps)
     block_chunks: int = 64  # frame chunks shuffled together in memory (bounds the loader's memory)
     loader_workers: int = 1  # threads reading the next blocks ahead
-    compile: bool = False  # torch.compile the model (CUDA only)
+    compile: bool = False  # torch.compile the model (CUDA only; uncompiled with a warning where the compiler fails on V)
     seed: int | None = None  # seed of V's initialisation, batches and noise (default: the run seed)
 
     def __post_init__(self) -> None:

@@ -28,6 +28,31 @@ def build_vae(cfg: Config, device: torch.device) -> ConvVAE:
     return model
 
 
+def compiled(model: ConvVAE, cfg: Config, device: torch.device) -> torch.nn.Module:
+    """torch.compile(model), or `model` itself with a warning where the compiler fails on V.
+
+    The compiler's failures show at the first backward pass, which would end the stage at step 0
+    with the compiler's trace, after the job waited in a queue. With torch 2.11 on CUDA it fails
+    on V's decoder: inductor expects contiguous weight gradients for the transposed convolution
+    fed a 1x1 image, and CUDA returns channels-last ones (pytorch/pytorch#171622). So the
+    compiled model is tried once here, forwards and backwards on a batch of zeros; the gradients
+    it leaves are cleared. `vae.compile` changes where and how fast V trains, not what it learns.
+    """
+    forward = torch.compile(model)
+    x = torch.zeros(cfg.vae.batch_size, 3, 64, 64, device=device).contiguous(memory_format=torch.channels_last)
+    try:
+        with autocast(device):
+            recon, mu, logvar = forward(x, torch.zeros(cfg.vae.batch_size, cfg.vae.z_size, device=device))
+        (recon.float().mean() + mu.float().mean() + logvar.float().mean()).backward()
+    except Exception as exc:  # the compiler raises many types (AssertionError above), all of them its own failure
+        log.warning("train-vae: vae.compile: torch.compile fails on V with torch %s (%s: %s); training V uncompiled",
+                    torch.__version__, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        forward = model
+    finally:
+        model.zero_grad(set_to_none=True)
+    return forward
+
+
 def mean_colour(store: EpisodeStore) -> torch.Tensor:
     """Mean RGB in [0, 1] of the first committed episode's frames (deterministic, cheap)."""
     frames = store.read_episode(int(store.complete()[0]), ["frames"])["frames"]
@@ -45,7 +70,7 @@ def train_vae(cfg: Config, run_dir: str | Path) -> str:
     model = build_vae(cfg, device)
     model.init_output(mean_colour(stores[0]).to(device))  # a resumed run (or a later round) loads its weights over this
     log.info("train-vae: ConvVAE with %s parameters (z=%d) on %s", f"{parameter_count(model):,}", cfg.vae.z_size, device)
-    forward = torch.compile(model) if cfg.vae.compile and device.type == "cuda" else model
+    forward = compiled(model, cfg, device) if cfg.vae.compile and device.type == "cuda" else model
     loader = frame_loader(stores, batch_size=cfg.vae.batch_size, block_units=cfg.vae.block_chunks,
                           seed=seeds.seed(cfg, "vae.batches"), workers=cfg.vae.loader_workers)
 
