@@ -126,7 +126,7 @@ def main() -> None:
     os.environ["WANDB_MODE"] = "disabled"
     device = select_device(args.device)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    spare = max(1, cores - 1) if device.type == "cpu" else max(1, cores - 1)
+    spare = max(1, cores - 1)  # every core but the one that trains
     cfg = config.load(ROOT / "configs" / "demo.yaml", [f"collect.episodes={args.episodes}", "logging.wandb=false"])
     results: dict[str, float] = {"cores": cores}
     with tempfile.TemporaryDirectory() as run_dir:

@@ -287,18 +287,18 @@ def _submit(stage: str, res: Resources, folder: Path, dependency: str | None, jo
     for first in range(0, len(job_args), chunk):
         part = job_args[first:first + chunk]
         executor = make_executor(stage, res, folder, dependency, len(part), container, readonly, writable)
-        printed = io.StringIO()  # submitit prints sbatch's stderr before raising: the one line below says it
+        printed, refused = io.StringIO(), False  # submitit prints sbatch's stderr before raising
         try:
             with contextlib.redirect_stderr(printed):
                 ids += [j.job_id for j in executor.map_array(job, *(list(column) for column in zip(*part)))]
         except SbatchRefused as exc:  # sbatch said no: an account, QOS or limit of the profile
+            refused = True  # the one line below says what sbatch printed
             said = (str(exc).strip().splitlines() or ["no reason given"])[-1].removeprefix("sbatch: error: ")
             raise ConfigError(f"sbatch refused {stage}'s jobs ({said}); any stage submitted before it stays queued "
                               "(see `status`): scancel it, fix the profile, and submit again") from None
-        except BaseException:
-            sys.stderr.write(printed.getvalue())
-            raise
-        sys.stderr.write(printed.getvalue())
+        finally:
+            if not refused:
+                sys.stderr.write(printed.getvalue())
     return ids
 
 

@@ -375,7 +375,7 @@ def test_a_chunk_damaged_under_a_training_stage_stops_it_in_one_line_naming_the_
     assert state["state"] == "failed" and state["done"] > 0 and f"episode {last}" in state["error"]
 
 
-def test_a_chunk_whose_read_fails_stops_training_in_one_line_and_verify_repair_drops_nothing(tmp_path):
+def test_a_chunk_or_a_store_whose_read_fails_stops_training_in_one_line_and_verify_repair_drops_nothing(tmp_path):
     run = tmp_path / "run"
     chunk_named, last, chunk = collected_with_a_chunk(run)
     data = failing_reads(chunk)
@@ -387,4 +387,13 @@ def test_a_chunk_whose_read_fails_stops_training_in_one_line_and_verify_repair_d
         assert last in EpisodeStore.open(run / "data" / "rollouts.zarr").complete()
     chunk.unlink()
     chunk.write_bytes(data)
+    assert run_cli("verify", run).stdout.strip().endswith("verify: sound (0 problems)")
+    store = run / "data" / "rollouts.zarr"  # the store's own metadata: not damage either
+    data = failing_reads(store / "zarr.json")
+    error = one_error_line(run_cli("train-vae", "--config", SMOKE, "--run-dir", run, "vae.steps=60", check=False))
+    assert f"dataset {store} cannot be read now (Input/output error)" in error
+    proc = run_cli("verify", run, "--repair", check=False)
+    assert proc.returncode == 1 and f"dataset {store} cannot be read now" in proc.stdout + proc.stderr, proc.stdout
+    (store / "zarr.json").unlink()
+    (store / "zarr.json").write_bytes(data)
     assert run_cli("verify", run).stdout.strip().endswith("verify: sound (0 problems)")

@@ -116,10 +116,17 @@ class EpisodeStore:
         import zarr
 
         path = Path(path)
+        missing = DataError(f"no dataset at {path} (run the stage that writes it first)")
         if not (path / "zarr.json").is_file():
-            raise DataError(f"no dataset at {path} (run the stage that writes it first)")
+            raise missing
         try:
             group = zarr.open_group(str(path), mode=mode, zarr_format=3)
+        except PermissionError:
+            raise
+        except OSError as exc:  # the read failed (EIO, ESTALE), or the file went between the look and the read
+            if isinstance(exc, FileNotFoundError):
+                raise missing from None
+            raise unreadable(f"dataset {path}", exc) from None
         except Exception as exc:  # zarr raises many types for a damaged store
             raise DataError(f"cannot open dataset {path}: {exc}") from None
         found = group.attrs.get("format")
