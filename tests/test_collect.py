@@ -212,3 +212,14 @@ def test_files_follow_the_umask_and_a_run_others_may_not_read_is_said_in_one_lin
         proc = subprocess.run([sys.executable, "-c", as_nobody, "status", str(run)], env=cli_env(), capture_output=True,
                               text=True, timeout=120)
         assert proc.returncode == 2 and "permission denied" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_the_status_table_keeps_one_line_per_stage_when_an_error_spans_several():
+    from worldmodels.status import format_status
+
+    error = "AssertionError: expected size 128==128, stride 25==1 at dim=1\nError in op: convolution_backward"
+    table = format_status({"run_dir": "runs/a", "stages": {"collect": {"state": "done", "episodes_done": 6},
+                                                            "train-vae": {"state": "failed", "error": error, "step": 0}}})
+    assert table.splitlines() == ["run runs/a", "  collect           done     own   episodes_done=6",
+                                  "  train-vae         failed   own   error=AssertionError: expected size 128==128, "
+                                  "stride 25==1 at dim=1, step=0"]

@@ -53,7 +53,7 @@ def format_status(status: dict[str, Any]) -> str:
     """A table for people: one line per stage with its state and counters."""
     lines = [f"run {status['run_dir']}"]
     for name, info in status["stages"].items():
-        counters = ", ".join(f"{k}={v}" for k, v in info.items() if k not in ("state", "jobs", "reused_from"))
+        counters = ", ".join(f"{k}={_first_line(v)}" for k, v in info.items() if k not in ("state", "jobs", "reused_from"))
         if info.get("jobs"):
             counters += "  jobs: " + ", ".join(_job(j) for j in info["jobs"])
         where = f"reused from {info['reused_from']}" if "reused_from" in info else "own"
@@ -61,6 +61,12 @@ def format_status(status: dict[str, Any]) -> str:
     for later in status.get("rounds", []):  # iterative training: every round after round 0, each a run directory
         lines += [f"round {later['round']}: " + format_status(later)]
     return "\n".join(lines)
+
+
+def _first_line(value: Any) -> str:
+    """A value for the table. A failed stage's error can span lines (a compiler's does): the table keeps
+    one line per stage; `--json` and the stage's log keep all of it."""
+    return str(value).partition("\n")[0]
 
 
 def _job(job: dict[str, Any]) -> str:
