@@ -222,4 +222,4 @@ def test_the_status_table_keeps_one_line_per_stage_when_an_error_spans_several()
                                                             "train-vae": {"state": "failed", "error": error, "step": 0}}})
     assert table.splitlines() == ["run runs/a", "  collect           done     own   episodes_done=6",
                                   "  train-vae         failed   own   error=AssertionError: expected size 128==128, "
-                                  "stride 25==1 at dim=1, step=0"]
+                                  "stride 25==1 at dim=1 ..., step=0"]

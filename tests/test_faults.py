@@ -397,3 +397,22 @@ def test_a_chunk_or_a_store_whose_read_fails_stops_training_in_one_line_and_veri
     (store / "zarr.json").unlink()
     (store / "zarr.json").write_bytes(data)
     assert run_cli("verify", run).stdout.strip().endswith("verify: sound (0 problems)")
+
+
+def test_an_index_entry_whose_read_fails_beside_a_damaged_one_is_reported_and_nothing_is_dropped(tmp_path):
+    run = tmp_path / "run"
+    run_cli("collect", "--config", SMOKE, "--run-dir", run)
+    store = EpisodeStore.open(run / "data" / "rollouts.zarr")
+    damaged, failing = store.chunk_file("episodes/length", 0), store.chunk_file("episodes/length", 1)
+    damaged.write_bytes(damaged.read_bytes()[:-1] + bytes([damaged.read_bytes()[-1] ^ 1]))  # its checksum fails
+    data = failing_reads(failing)
+    for repair in ([], ["--repair"]):  # entry 1 may read back whole: nothing is uncommitted while it cannot be read
+        proc = run_cli("verify", run, *repair, check=False)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 1 and "episodes/length" in out and "cannot be read now" in out, out
+        assert failing.is_symlink() and damaged.read_bytes() != b""
+    failing.unlink()
+    failing.write_bytes(data)  # the file system answers again: the damaged entry alone is dropped
+    said = " ".join(run_cli("verify", run, "--repair").stdout.split())  # verify wraps its lines
+    assert f"{store.describe_chunk('episodes/length', 0, 0)} does not verify" in said and "rerun collect" in said, said
+    assert list(EpisodeStore.open(run / "data" / "rollouts.zarr").complete()) == [1, 2, 3, 4, 5]

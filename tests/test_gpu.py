@@ -106,16 +106,19 @@ def test_vae_compile_trains_compiled_or_falls_back_to_eager_with_one_warning(cap
     torch.manual_seed(0)
     cfg = Config(vae=VAEConfig(batch_size=16, compile=True))
     model = ConvVAE(32).to(CUDA, memory_format=torch.channels_last)
-    forward = compiled(model, cfg, CUDA)
-    assert all(p.grad is None for p in model.parameters())  # the trial leaves nothing behind
-    fell_back = [r for r in caplog.records if "vae.compile" in r.getMessage()]
-    assert (forward is model) == bool(fell_back) and len(fell_back) <= 1
-    x = torch.rand(16, 3, 64, 64, device=CUDA).contiguous(memory_format=torch.channels_last)
-    with autocast(CUDA):
-        recon, mu, logvar = forward(x, torch.randn(16, 32, device=CUDA))
-    loss = vae_loss(x, recon, mu.float(), logvar.float(), 0.5)[0]
-    loss.backward()
-    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
+    try:
+        forward = compiled(model, cfg, CUDA)
+        assert all(p.grad is None for p in model.parameters())  # the trial leaves nothing behind
+        fell_back = [r for r in caplog.records if "vae.compile" in r.getMessage()]
+        assert (forward is model) == bool(fell_back) and len(fell_back) <= 1
+        x = torch.rand(16, 3, 64, 64, device=CUDA).contiguous(memory_format=torch.channels_last)
+        with autocast(CUDA):
+            recon, mu, logvar = forward(x, torch.randn(16, 32, device=CUDA))
+        loss = vae_loss(x, recon, mu.float(), logvar.float(), 0.5)[0]
+        loss.backward()
+        assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
+    finally:
+        torch._dynamo.reset()
 
 
 def test_the_pipeline_runs_on_the_gpu_with_c_found_in_the_dream(tmp_path):

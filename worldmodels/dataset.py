@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,22 +111,34 @@ class EpisodeStore:
             raise DataError(f"{path} exists with another layout ({_first_difference(saved, layout)}); use a new run directory")
         return store
 
+    @staticmethod
+    def exists(path: str | Path) -> bool:
+        """Whether a store is at `path` (its zarr.json); StorageError where the file system cannot say
+        now: on a network file system a failing server shows first when a file is looked up (ESTALE)."""
+        try:
+            return stat.S_ISREG(os.stat(Path(path) / "zarr.json").st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except PermissionError:
+            raise
+        except OSError as exc:
+            raise unreadable(f"dataset {path}", exc) from None
+
     @classmethod
     def open(cls, path: str | Path, mode: str = "r") -> "EpisodeStore":
         """Open an existing store; a clear error when it is missing or not an episode store."""
         import zarr
 
         path = Path(path)
-        missing = DataError(f"no dataset at {path} (run the stage that writes it first)")
-        if not (path / "zarr.json").is_file():
-            raise missing
+        if not cls.exists(path):
+            raise DataError(f"no dataset at {path} (run the stage that writes it first)")
         try:
             group = zarr.open_group(str(path), mode=mode, zarr_format=3)
         except PermissionError:
             raise
-        except OSError as exc:  # the read failed (EIO, ESTALE), or the file went between the look and the read
-            if isinstance(exc, FileNotFoundError):
-                raise missing from None
+        except FileNotFoundError as exc:  # zarr's GroupNotFoundError for a zarr.json that is no group's
+            raise DataError(f"cannot open dataset {path}: {exc}") from None
+        except OSError as exc:  # the read failed (EIO, ESTALE): not damage
             raise unreadable(f"dataset {path}", exc) from None
         except Exception as exc:  # zarr raises many types for a damaged store
             raise DataError(f"cannot open dataset {path}: {exc}") from None

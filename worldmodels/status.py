@@ -66,7 +66,8 @@ def format_status(status: dict[str, Any]) -> str:
 def _first_line(value: Any) -> str:
     """A value for the table. A failed stage's error can span lines (a compiler's does): the table keeps
     one line per stage; `--json` and the stage's log keep all of it."""
-    return str(value).partition("\n")[0]
+    lines = str(value).splitlines() or [""]
+    return lines[0] + (" ..." if len(lines) > 1 else "")
 
 
 def _job(job: dict[str, Any]) -> str:

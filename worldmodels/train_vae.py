@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -28,25 +29,29 @@ def build_vae(cfg: Config, device: torch.device) -> ConvVAE:
     return model
 
 
-def compiled(model: ConvVAE, cfg: Config, device: torch.device) -> torch.nn.Module:
+def compiled(model: ConvVAE, cfg: Config, device: torch.device, backend: str | Callable = "inductor") -> torch.nn.Module:
     """torch.compile(model), or `model` itself with a warning where the compiler fails on V.
 
-    The compiler's failures show at the first backward pass, which would end the stage at step 0
-    with the compiler's trace, after the job waited in a queue. With torch 2.11 on CUDA it fails
-    on V's decoder: inductor expects contiguous weight gradients for the transposed convolution
-    fed a 1x1 image, and CUDA returns channels-last ones (pytorch/pytorch#171622). So the
-    compiled model is tried once here, forwards and backwards on a batch of zeros; the gradients
-    it leaves are cleared. `vae.compile` changes where and how fast V trains, not what it learns.
+    The compiler's failures show at the first forward or backward pass, which would end the stage
+    at step 0 with the compiler's trace, after the job waited in a queue. With torch 2.11 on CUDA
+    it fails on V's decoder: inductor expects contiguous weight gradients for the transposed
+    convolution fed a 1x1 image, and CUDA returns channels-last ones (pytorch/pytorch#171622). So
+    the compiled model is tried once here, forwards and backwards on a batch of zeros; the
+    gradients it leaves are cleared. `vae.compile` changes where and how fast V trains (and the
+    last bits of its arithmetic), not what it is trained on. `backend`: torch.compile's.
     """
-    forward = torch.compile(model)
+    forward = torch.compile(model, backend=backend)
     x = torch.zeros(cfg.vae.batch_size, 3, 64, 64, device=device).contiguous(memory_format=torch.channels_last)
     try:
         with autocast(device):
             recon, mu, logvar = forward(x, torch.zeros(cfg.vae.batch_size, cfg.vae.z_size, device=device))
         (recon.float().mean() + mu.float().mean() + logvar.float().mean()).backward()
+    except (torch.OutOfMemoryError, torch.AcceleratorError):  # the device's failures, which eager V meets too
+        raise
     except Exception as exc:  # the compiler raises many types (AssertionError above), all of them its own failure
+        cause = getattr(exc, "inner_exception", None) or exc  # what the backend raised, where dynamo wraps it
         log.warning("train-vae: vae.compile: torch.compile fails on V with torch %s (%s: %s); training V uncompiled",
-                    torch.__version__, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                    torch.__version__, type(cause).__name__, str(cause).partition("\n")[0])
         forward = model
     finally:
         model.zero_grad(set_to_none=True)

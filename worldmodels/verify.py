@@ -42,10 +42,10 @@ def verify(run_dir: str | Path, repair: bool = False) -> tuple[list[str], list[s
     problems, notes, unrepaired, rerun = [], [], 0, []
     for stage, attr in STORES.items():
         path = getattr(run, attr)
-        if not (path / "zarr.json").is_file():
-            continue
         fixed = repair and run.owner(stage) is run
         try:
+            if not EpisodeStore.exists(path):
+                continue
             found, episodes = _store_damage(EpisodeStore.open(path, mode="r"), fixed)
         except (DataError, StorageError) as exc:  # a store that cannot be opened, or a chunk that cannot be read now
             problems.append(str(exc))
@@ -109,9 +109,9 @@ def _store_damage(store: EpisodeStore, repair: bool) -> tuple[list[str], int]:
     """Lines naming each damaged episode's chunks (uncommitting it when `repair`), and the number read."""
     try:
         lengths = store.lengths()
-        unreadable = []
+        undecodable = []
     except DataError:  # an index chunk itself is damaged: find which, one entry at a time
-        lengths, unreadable = [], []
+        lengths, undecodable = [], []
         for k in range(store.num_episodes):
             try:
                 lengths.append(int(store.array("episodes/length")[k]))
@@ -119,9 +119,9 @@ def _store_damage(store: EpisodeStore, repair: bool) -> tuple[list[str], int]:
                 raise unreadable(store.describe_chunk("episodes/length", k, k), exc) from exc
             except Exception:
                 lengths.append(0)
-                unreadable.append(k)
+                undecodable.append(k)
     found = []
-    for k in unreadable:
+    for k in undecodable:
         found.append(f"{store.describe_chunk('episodes/length', k, k)} does not verify")
         if repair:
             store.uncommit(k)
@@ -132,4 +132,4 @@ def _store_damage(store: EpisodeStore, repair: bool) -> tuple[list[str], int]:
             found.append(f"{store.describe_chunk(name, chunk, k)} {why}")
         if damaged and repair:
             store.uncommit(k)
-    return found, len(committed) + len(unreadable)
+    return found, len(committed) + len(undecodable)
