@@ -19,7 +19,7 @@ CONTAINER_PACKAGES := podman runc catatonit debootstrap
 export WANDB_SILENT ?= true
 
 .PHONY: slurm-up slurm-down submit submit-collect submit-vae submit-encode submit-mdnrnn submit-controller submit-eval submit-report submit-pipeline
-.PHONY: help setup system-packages test demo stage collect train-vae encode train-mdnrnn train-controller evaluate report status bench clean
+.PHONY: help setup system-packages test demo stage collect train-vae encode train-mdnrnn train-controller evaluate report status bench bench-gpu clean
 .PHONY: sweep submit-sweep compare play push verify
 .PHONY: container-docker container-apptainer container-test container-lock
 
@@ -194,6 +194,9 @@ bench: setup ## run the benchmarks: each hot path against its physical limit
 	$(PY) benchmarks/collect.py
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/controller.py
+
+bench-gpu: setup ## on a GPU node: the GPU tests, both benchmarks on CUDA, the demo's preset on the GPU with C in the dream (logs in runs/gpu-check)
+	PY=$(PY) benchmarks/gpu.sh runs/gpu-check
 
 # --- containers ----------------------------------------------------------------------------
 IMAGE     ?= localhost/worldmodels:latest
