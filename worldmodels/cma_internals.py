@@ -1,4 +1,5 @@
-"""The one place that reaches inside cma (pinned at 4.5.0): its state without wall-clock times.
+"""The one place that reaches inside cma (pinned at 4.5.0): its state without wall-clock times,
+and a random stream of its own.
 
 A pickled `CMAEvolutionStrategy` carries `cma.utilities.utils.ElapsedWCTime` timers (the
 strategy's own `timer`, its logger's `timer_all` and `timer_plot`) that hold `time.time()`
@@ -6,15 +7,28 @@ readings, so two identical runs would write different checkpoint bytes. `dumps` 
 strategy with every such timer reset to zero and `loads` restarts them; the timers only serve
 cma's display and its `timeout` option, which this project leaves at infinity.
 
+cma samples through its `randn` option, by default a method of numpy's global RandomState, which
+it seeds from its `seed` option; and from 300 parameters on (the controller has 1,734) its TPA
+step-size rule also draws from that global RandomState directly, in every `tell`. In one process
+both read one stream. A pickled strategy, though, comes back with a private copy of the
+RandomState, which TPA's draws no longer reach: a search resumed from its checkpoint asked other
+candidates than the uninterrupted search from its second generation on. So a strategy made by
+`new` keeps a RandomState of its own (pickled with it), nothing else in the process draws from
+it, and for each `ask` and `tell` it stands in for numpy's global one: every search, resumed or
+not, reads the stream an uninterrupted search in one process reads.
+
 `check()` says in one line what an upgrade changed; tests/test_adapters.py runs it.
 """
 
 from __future__ import annotations
 
 import pickle
-from typing import Any
+from typing import Any, Callable
 
-USED = "cma.utilities.utils.ElapsedWCTime timers on CMAEvolutionStrategy and its logger"
+import numpy as np
+
+USED = ("cma.utilities.utils.ElapsedWCTime timers on CMAEvolutionStrategy and its logger; its sampler's `randn` and "
+        "its `randn` option, both a method of numpy's global RandomState")
 _TIME_FIELDS = ("cum_time", "paused", "last_tic", "_last_toc", "_time_at_reset", "_time_at_creation")
 
 
@@ -43,17 +57,62 @@ def dumps(es: Any) -> bytes:
 
 
 def loads(data: bytes) -> Any:
-    """The strategy `dumps` wrote, its timers started now."""
+    """The strategy `dumps` wrote, its timers started now (and its RandomState its own, as pickled)."""
     es = pickle.loads(data)
     for t in _timers(es):
         t.reset()
     return es
 
 
-def check() -> None:
-    """Raise RuntimeError when this cma's timers are not where `dumps` resets them."""
+def new(x0: Any, sigma0: float, opts: dict[str, Any]) -> Any:
+    """cma.CMAEvolutionStrategy(x0, sigma0, opts) with a RandomState of its own, seeded as cma seeds
+    numpy's global one (opts["seed"]); ask and tell it through `ask` and `tell`."""
     import cma
-    import numpy as np
+
+    es = cma.CMAEvolutionStrategy(x0, sigma0, opts)
+    # seeded, unlike RandomState(), it keeps no entropy from the OS, which its pickle would carry
+    own = np.random.RandomState(0)
+    own.set_state(np.random.get_state())
+    _draw_from(es, own)
+    return es
+
+
+def ask(es: Any) -> list[np.ndarray]:
+    return _in_own_stream(es, es.ask)
+
+
+def tell(es: Any, solutions: list[np.ndarray], values: list[float]) -> None:
+    _in_own_stream(es, lambda: es.tell(solutions, values))
+
+
+def _draw_from(es: Any, state: np.random.RandomState) -> None:
+    es.sm.randn = es.opts["randn"] = state.randn
+
+
+def _in_own_stream(es: Any, call: Callable[[], Any]) -> Any:
+    """`call()` with the strategy's RandomState standing in for numpy's global one (see above)."""
+    own = es.sm.randn.__self__
+    if own is np.random.mtrand._rand:
+        raise ValueError("this CMAEvolutionStrategy draws from numpy's global RandomState: make it with cma_internals.new")
+    outside = np.random.get_state()
+    np.random.set_state(own.get_state())
+    _draw_from(es, np.random.mtrand._rand)
+    try:
+        return call()
+    finally:
+        own.set_state(np.random.get_state())
+        _draw_from(es, own)
+        np.random.set_state(outside)
+
+
+def check() -> None:
+    """Raise RuntimeError when this cma's timers are not where `dumps` resets them, or its random
+    draws not where `new` gives it a stream of its own."""
+    import cma
+
+    fresh = cma.CMAEvolutionStrategy(np.zeros(3), 0.5, {"seed": 1, "verbose": -9})
+    if not (getattr(getattr(fresh, "sm", None), "randn", None) == np.random.randn == fresh.opts.get("randn")):
+        raise RuntimeError(f"cma {cma.__version__} samples elsewhere than worldmodels/cma_internals.py expects: {USED}")
 
     def search() -> Any:
         es = cma.CMAEvolutionStrategy(np.zeros(3), 0.5, {"seed": 1, "verbose": -9})

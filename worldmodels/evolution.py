@@ -7,8 +7,8 @@ compared on the same games) are split evenly over the evaluating ranks (rank 0 t
 time in lockstep, and rank 0 gathers the returns, tells CMA-ES and checkpoints. An episode's return
 depends only on (candidate, generation, rollout), so any number of ranks gives the same run.
 
-The checkpoint after every generation holds the pickled CMA-ES (its sampler's random state
-included), the generation, the fitness history and the best solution so far: a run interrupted
+The checkpoint after every generation holds the pickled CMA-ES (with the random stream of its
+own that worldmodels.cma_internals gives it), the generation, the fitness history and the best solution so far: a run interrupted
 anywhere and rerun ends with the same history and the same final mean.
 
 CMA-ES's linear algebra (numpy's BLAS) runs on one thread whatever the launcher: a BLAS sums in
@@ -165,8 +165,6 @@ def train_controller(cfg: Config, run_dir: str | Path) -> str:
 
 
 def _train(cfg: Config, run: RunDir, group) -> dict[str, Any]:
-    import cma
-
     c = cfg.controller
     vae, mdnrnn = run.load_world_model(cfg)
     size = controller_size(cfg.vae.z_size, mdnrnn.hidden, mdnrnn.actions, c.inputs)
@@ -199,7 +197,7 @@ def _train(cfg: Config, run: RunDir, group) -> dict[str, Any]:
                 state |= {"top": saved["top"].numpy(), "top_fitness": saved["top_fitness"].numpy()}
             log.info("train-controller: resuming after generation %d", state["generation"])
         else:
-            es = cma.CMAEvolutionStrategy(np.zeros(size), c.sigma0, {
+            es = cma_internals.new(np.zeros(size), c.sigma0, {
                 "popsize": c.popsize, "seed": seeds.seed(cfg, "controller.cma") % 2**31 + 1,
                 "CMA_diagonal": c.diagonal, "verbose": -9, "maxiter": 10**9, "tolflatfitness": 10**9,
                 "tolfun": 0, "tolx": 0, "tolstagnation": 10**9})
@@ -214,7 +212,7 @@ def _train(cfg: Config, run: RunDir, group) -> dict[str, Any]:
         while generation < c.generations:
             if group.bcast(stop.requested if group.rank == 0 else None):
                 raise Interrupted(stop.signum or signal.SIGTERM)  # every rank, together
-            asked = es.ask() if group.rank == 0 else None
+            asked = cma_internals.ask(es) if group.rank == 0 else None
             solutions = group.bcast(np.asarray(asked) if group.rank == 0 else None)
             jobs = [(p, r) for p in range(len(solutions)) for r in range(c.rollouts)]
             returns = _evaluate_share(cfg, group, workers, vae, mdnrnn, starts, solutions, jobs, generation,
@@ -228,7 +226,7 @@ def _train(cfg: Config, run: RunDir, group) -> dict[str, Any]:
                 fitness = returns.reshape(len(solutions), c.rollouts).mean(axis=1)
                 # cma minimises; it is told the arrays it asked with, not the broadcast's copies, whose
                 # unpickled dtypes would pickle into the checkpoint differently under MPI
-                es.tell(asked, list(-fitness))
+                cma_internals.tell(es, asked, list(-fitness))
                 record = {"generation": generation + 1, "best": float(fitness.max()), "mean": float(fitness.mean()),
                           "worst": float(fitness.min()), "sigma": float(es.sigma)}
                 if rescored is not None:  # the mean this generation's candidates were drawn around
