@@ -17,6 +17,17 @@ def test_vae_has_the_papers_parameter_count_and_shapes():
     assert ConvVAE(64).encode(x)[0].shape == (5, 64)
 
 
+def test_a_narrower_vae_has_its_channels_in_every_layer_and_the_same_shapes():
+    vae = ConvVAE(32, channels=16)
+    convs = [m for m in vae.encoder if isinstance(m, torch.nn.Conv2d)]
+    assert [m.out_channels for m in convs] == [16, 32, 64, 128] and vae.mu.in_features == 512
+    assert [m.out_channels for m in vae.decoder if isinstance(m, torch.nn.ConvTranspose2d)] == [64, 32, 16, 3]
+    assert parameter_count(vae) == 1_113_443
+    x = torch.rand(3, 3, 64, 64)
+    recon, mu, _ = vae(x, torch.randn(3, 32))
+    assert recon.shape == x.shape and mu.shape == (3, 32)
+
+
 def test_vae_loss_sums_pixels_and_floors_kl_at_the_tolerance():
     x = torch.rand(4, 3, 64, 64)
     recon = torch.zeros_like(x)

@@ -84,6 +84,7 @@ class VAEConfig:
     """V: the convolutional VAE and its training (train-vae)."""
 
     z_size: int = 32  # latent size (the paper: 32 for CarRacing, 64 for Doom)
+    channels: int = 32  # the first conv's channels, doubled by each of the next three (the paper: 32)
     kl_tolerance: float = 0.5  # KL per frame is floored at kl_tolerance * z_size nats
     lr: float = 1e-4  # Adam learning rate
     batch_size: int = 100  # frames per step
@@ -95,6 +96,7 @@ class VAEConfig:
 
     def __post_init__(self) -> None:
         _check(self.z_size >= 1, "vae.z_size", "must be >= 1")
+        _check(self.channels >= 1, "vae.channels", "must be >= 1")
         _check(self.lr > 0, "vae.lr", "must be > 0")
         _check(self.kl_tolerance >= 0, "vae.kl_tolerance", "must be >= 0")
         _check(self.batch_size >= 1, "vae.batch_size", "must be >= 1")

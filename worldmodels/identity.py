@@ -50,7 +50,8 @@ OPERATIONAL = frozenset({
 # Keys added to the config after RUN_FORMAT 2, with the value that behaves as before they existed.
 # At that value a key is left out of every identity, so runs made before it still resume and branch.
 ADDED_SINCE_FORMAT = {"env.repeat_action_probability": 0.0, "controller.inputs": "zh", "evaluate.protocols": ["v4"],
-                      "controller.select": 0, "controller.select_rollouts": 16, "controller.select_protocol": None}
+                      "controller.select": 0, "controller.select_rollouts": 16, "controller.select_protocol": None,
+                      "vae.channels": 32}
 
 
 @functools.cache

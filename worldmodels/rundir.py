@@ -287,13 +287,17 @@ def _finished(path: Path, stage: str) -> "EpisodeStore":
 
 
 def vae_from(path: Path, cfg: Config, device: "torch.device | str" = "cpu"):
-    """V from a file holding its `model` weights and `z_size`, channels-last on `device`, in eval mode."""
+    """V from a file holding its `model` weights, `z_size` and `channels`, channels-last on `device`, in eval mode."""
     import torch
 
     from worldmodels.vae import ConvVAE
 
-    model = ConvVAE(cfg.vae.z_size)
-    _load_weights(model, path, _checked(path, "VAE", cfg))
+    state = _checked(path, "VAE", cfg)
+    # files made before vae.channels existed hold the paper's V
+    if int(state.get("channels", 32)) != cfg.vae.channels:
+        raise DataError(f"{path}: VAE checkpoint has channels {state.get('channels', 32)}, the config says vae.channels={cfg.vae.channels}")
+    model = ConvVAE(cfg.vae.z_size, cfg.vae.channels)
+    _load_weights(model, path, state)
     # Frames arrive channels-last in memory (to_input permutes without copying): with weights
     # in the same layout the convolutions skip a conversion, 20% faster on CPU.
     return model.to(device, memory_format=torch.channels_last).eval()

@@ -23,7 +23,7 @@ STAGE = "train-vae"
 
 def build_vae(cfg: Config, device: torch.device) -> ConvVAE:
     torch.manual_seed(seeds.seed(cfg, "vae.init"))
-    model = ConvVAE(cfg.vae.z_size).to(device)
+    model = ConvVAE(cfg.vae.z_size, cfg.vae.channels).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -74,7 +74,8 @@ def train_vae(cfg: Config, run_dir: str | Path) -> str:
     device = select_device(cfg.train.device)
     model = build_vae(cfg, device)
     model.init_output(mean_colour(stores[0]).to(device))  # a resumed run (or a later round) loads its weights over this
-    log.info("train-vae: ConvVAE with %s parameters (z=%d) on %s", f"{parameter_count(model):,}", cfg.vae.z_size, device)
+    log.info("train-vae: ConvVAE with %s parameters (z=%d, %d channels) on %s", f"{parameter_count(model):,}", cfg.vae.z_size,
+             cfg.vae.channels, device)
     forward = compiled(model, cfg, device) if cfg.vae.compile and device.type == "cuda" else model
     loader = frame_loader(stores, batch_size=cfg.vae.batch_size, block_units=cfg.vae.block_chunks,
                           seed=seeds.seed(cfg, "vae.batches"), workers=cfg.vae.loader_workers)
@@ -95,6 +96,6 @@ def train_vae(cfg: Config, run_dir: str | Path) -> str:
         return [plot_losses(run, STAGE), plot_reconstructions(run, model.cpu().eval(), store)]
 
     job = Fit(STAGE, model, torch.optim.Adam(model.parameters(), lr=cfg.vae.lr), loader.batches, loss,
-              total_steps=cfg.vae.steps, extra_state={"z_size": cfg.vae.z_size}, pictures=pictures,
+              total_steps=cfg.vae.steps, extra_state={"z_size": cfg.vae.z_size, "channels": cfg.vae.channels}, pictures=pictures,
               init=continued_checkpoint(run, cfg, STAGE))
     return f"train-vae: finished at step {fit(cfg, run, job)}"
