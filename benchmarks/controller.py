@@ -14,7 +14,8 @@ Prints
 
     python benchmarks/controller.py [--seconds 3] [--repeats 3] [--ranks 64] [--device cpu] [--channels 32]
 
---channels sets V's width (vae.channels): 32 is the paper's V, 16 the demo's.
+--channels sets V's width (vae.channels): 32 is the paper's V (and the demo's); 16 does a quarter of its
+encoder's multiply-adds.
 
 Each rate is the best of --repeats runs.
 """
@@ -188,7 +189,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per rate (the best counts)")
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="where V, M and C run")
     parser.add_argument("--ranks", type=int, default=64, help="evaluating ranks assumed for the master's share")
-    parser.add_argument("--channels", type=int, default=32, help="V's width, as vae.channels (32: the paper's; 16: the demo's)")
+    parser.add_argument("--channels", type=int, default=32, help="V's width, as vae.channels (32: the paper's and the demo's)")
     parser.add_argument("--episode-steps", type=int, default=800, help="typical Space Invaders episode length (steps)")
     args = parser.parse_args()
     pin_to_one_core()

@@ -7,9 +7,10 @@ compared on the same games) are split evenly over the evaluating ranks (rank 0 t
 time in lockstep, and rank 0 gathers the returns, tells CMA-ES and checkpoints. An episode's return
 depends only on (candidate, generation, rollout), so any number of ranks gives the same run.
 
-The checkpoint after every generation holds the pickled CMA-ES (with the random stream of its
-own that worldmodels.cma_internals gives it), the generation, the fitness history and the best solution so far: a run interrupted
-anywhere and rerun ends with the same history and the same final mean.
+The checkpoint after every generation holds the pickled CMA-ES (with the random stream of its own
+that worldmodels.cma_internals gives it), the generation, the fitness history and the best
+solution so far: a run interrupted anywhere and rerun ends with the same history and the same
+final mean.
 
 CMA-ES's linear algebra (numpy's BLAS) runs on one thread whatever the launcher: a BLAS sums in
 another order on another number of threads, and one process on two cores (two threads) and
