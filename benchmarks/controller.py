@@ -13,9 +13,10 @@ Prints
   taken from the measured evaluation rate on the given number of ranks: target <= 2%.
 
     python benchmarks/controller.py [--seconds 3] [--repeats 3] [--ranks 64] [--device cpu] [--channels 32]
+                                    [--precision float32]
 
 --channels sets V's width (vae.channels): 32 is the paper's V (and the demo's); 16 does a quarter of its
-encoder's multiply-adds.
+encoder's multiply-adds. --precision int8 plays V's encoder in int8 (vae.precision, the demo's; CPU only).
 
 Each rate is the best of --repeats runs.
 """
@@ -47,18 +48,26 @@ from worldmodels.vae import ConvVAE  # noqa: E402
 Z, H, A = 32, 256, 6
 
 
-def world_model(device: torch.device, channels: int = 32):
-    """V (of `channels`) and M with the paper's sizes on `device`, as load_world_model gives them (V channels-last)."""
+def world_model(device: torch.device, channels: int = 32, precision: str = "float32"):
+    """V (of `channels`, its encoder in `precision`) and M with the paper's sizes on `device`, as
+    worldmodels.rundir.vae_from gives them (V channels-last; in int8, calibrated on noise)."""
+    from worldmodels import int8
+
     torch.manual_seed(0)
-    return (ConvVAE(Z, channels).to(device, memory_format=torch.channels_last).eval(), MDNRNN(Z, A, H, 5).to(device).eval())
+    vae = ConvVAE(Z, channels).to(device, memory_format=torch.channels_last).eval()
+    if precision == "int8":
+        noise = np.random.default_rng(0).integers(0, 256, (256, 64, 64, 3), dtype=np.uint8)
+        vae.encoder = int8.quantized(vae.encoder, int8.ranges(vae.encoder, noise))
+    return vae, MDNRNN(Z, A, H, 5).to(device).eval()
 
 
-def encoder_seconds_per_frame(device: torch.device, batch: int, repeats: int = 20, channels: int = 32) -> float:
+def encoder_seconds_per_frame(device: torch.device, batch: int, repeats: int = 20, channels: int = 32,
+                              precision: str = "float32") -> float:
     """V's encoder alone on a batch of frames (from host memory, as in play): the part of a
     real-game step that no wrapper can save."""
     from worldmodels.vae import to_input
 
-    vae = world_model(device, channels)[0]
+    vae = world_model(device, channels, precision)[0]
     frames = torch.randint(0, 256, (batch, 64, 64, 3), dtype=torch.uint8)
     with torch.no_grad():
         vae.encode(to_input(frames.to(device)))[0].cpu()
@@ -68,10 +77,11 @@ def encoder_seconds_per_frame(device: torch.device, batch: int, repeats: int = 2
     return (time.perf_counter() - start) / (repeats * batch)
 
 
-def real_game_steps_per_s(device: torch.device, seconds: float, batch: int, channels: int = 32) -> float:
+def real_game_steps_per_s(device: torch.device, seconds: float, batch: int, channels: int = 32,
+                          precision: str = "float32") -> float:
     from worldmodels.rollout import Episode, play
 
-    vae, mdnrnn = world_model(device, channels)
+    vae, mdnrnn = world_model(device, channels, precision)
     params = torch.randn(batch, controller_size(Z, H, A)) * 0.1
     policy = WorldModelPolicy(vae, mdnrnn, params, batch)
     from worldmodels.envs import AtariEnv
@@ -190,18 +200,21 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"], help="where V, M and C run")
     parser.add_argument("--ranks", type=int, default=64, help="evaluating ranks assumed for the master's share")
     parser.add_argument("--channels", type=int, default=32, help="V's width, as vae.channels (32: the paper's and the demo's)")
+    parser.add_argument("--precision", default="float32", choices=["float32", "int8"],
+                        help="V's encoder in play, as vae.precision (int8: the demo's; CPU only)")
     parser.add_argument("--episode-steps", type=int, default=800, help="typical Space Invaders episode length (steps)")
     args = parser.parse_args()
     pin_to_one_core()
     torch.set_num_threads(1)
     device = select_device(args.device)
-    results = {"device": str(device), "vae_channels": args.channels}
+    results = {"device": str(device), "vae_channels": args.channels, "vae_precision": args.precision}
+    v = {"channels": args.channels, "precision": args.precision}
     raw_steps = best_of(args.repeats, lambda: raw_emulator_fps(args.seconds)) / EnvConfig().frame_skip
-    real = best_of(args.repeats, lambda: real_game_steps_per_s(device, args.seconds, batch=64, channels=args.channels))
-    encoder = min(encoder_seconds_per_frame(device, 64, channels=args.channels) for _ in range(args.repeats))
+    real = best_of(args.repeats, lambda: real_game_steps_per_s(device, args.seconds, batch=64, **v))
+    encoder = min(encoder_seconds_per_frame(device, 64, **v) for _ in range(args.repeats))
     bound = 1 / (1 + encoder * raw_steps)  # the emulator and the encoder alone, everything else free
     results.update(raw_emulator_steps_per_s=raw_steps, real_game_steps_per_s=real, encoder_s_per_frame=encoder)
-    print(f"real-game evaluation: {real:7.0f} steps/s on one core (batch 64, V of {args.channels} channels, M and C on {device}); raw emulator "
+    print(f"real-game evaluation: {real:7.0f} steps/s on one core (batch 64, V of {args.channels} channels in {args.precision}, M and C on {device}); raw emulator "
           f"{raw_steps:7.0f} steps/s; ratio {real / raw_steps:.2f} (target >= 0.70)")
     print(f"  V's encoder alone takes {encoder * 1e6:.0f} us a frame on {device}, so no evaluation here can exceed "
           f"a ratio of {bound:.2f}")

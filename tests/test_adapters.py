@@ -27,6 +27,12 @@ def test_cma_still_keeps_its_clocks_where_cma_internals_clears_them():
     cma_internals.check()
 
 
+def test_torch_still_runs_the_int8_convolutions_worldmodels_int8_builds():
+    from worldmodels import int8
+
+    int8.check()
+
+
 def test_two_identical_searches_pickle_to_the_same_bytes():
     import numpy as np
 

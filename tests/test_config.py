@@ -47,6 +47,7 @@ def test_overrides_parse_yaml_values_and_coerce_ints_to_floats():
     ("evaluate.protocols=[]", "evaluate.protocols"),
     ("controller.select_protocol=v5", "controller.select_protocol"),
     ("vae.channels=0", "vae.channels"),
+    ("vae.precision=float16", "vae.precision"),
 ])
 def test_bad_keys_and_values_are_errors_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=f"'{key}'"):

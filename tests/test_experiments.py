@@ -177,6 +177,9 @@ def test_a_key_added_since_the_run_format_changes_identities_only_away_from_its_
     assert "evaluate.protocols" not in identity(old, "evaluate") and "evaluate.protocols" in identity(cfg, "evaluate")
     sticky = identity(config.load(SMOKE, ["env.repeat_action_probability=0.25"]), "collect")
     assert sticky["env.repeat_action_probability"] == 0.25 and sticky != identity(cfg, "collect")
+    # V's precision belongs to encode: a run that tries V in int8 reuses the float run's V (--from)
+    int8 = config.load(SMOKE, ["vae.precision=int8"])
+    assert identity(int8, "train-vae") == identity(cfg, "train-vae") and identity(int8, "encode")["vae.precision"] == "int8"
 
 
 def test_named_random_streams_never_share_a_seed():

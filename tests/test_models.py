@@ -28,6 +28,29 @@ def test_a_narrower_vae_has_its_channels_in_every_layer_and_the_same_shapes():
     assert recon.shape == x.shape and mu.shape == (3, 32)
 
 
+def test_v_in_int8_encodes_near_float32_and_each_frame_alike_in_any_batch():
+    import numpy as np
+
+    from worldmodels import int8
+
+    torch.manual_seed(0)
+    vae = ConvVAE(32).eval()
+    frames = np.random.default_rng(0).integers(0, 256, (40, 64, 64, 3), dtype=np.uint8)
+    ranges = int8.ranges(vae.encoder, frames[:32])
+    assert len(ranges) == 4 and ranges == int8.ranges(vae.encoder, frames[:32], batch=5)  # the maxima, in any batches
+    quantized = int8.quantized(vae.encoder, ranges)
+    x = to_input(torch.from_numpy(frames))
+    with torch.no_grad():
+        exact, mu = vae.mu(vae.encoder(x)), vae.mu(quantized(x))  # 8 of the frames not calibrated on
+        code, rows = quantized(x), torch.cat([quantized(x[i:i + 1]) for i in range(len(x))])
+    error = ((mu - exact).pow(2).mean() / exact.var(0).mean()).sqrt()
+    assert 0 < error < 0.1, error  # an untrained V on noise; the demo's V on game frames: 0.009
+    assert torch.equal(rows, code)  # integer sums: a frame's code does not depend on the frames beside it
+    with pytest.raises(ValueError, match="4 ranges >= 0"):
+        int8.quantized(vae.encoder, ranges[:3])
+    assert int8.spread(np.arange(100), 3) == [0, 50, 99] and int8.spread(np.arange(2), 8) == [0, 1]
+
+
 def test_vae_loss_sums_pixels_and_floors_kl_at_the_tolerance():
     x = torch.rand(4, 3, 64, 64)
     recon = torch.zeros_like(x)

@@ -199,6 +199,33 @@ def test_a_vae_of_another_size_is_refused_by_encode_and_train_mdnrnn(upstream, t
     assert proc.returncode == 2 and "has channels 32, the config says vae.channels=16" in proc.stderr, proc.stderr
 
 
+def test_v_is_calibrated_for_int8_when_trained_and_encodes_near_float32_in_it(upstream, tmp_path):
+    from worldmodels import config
+    from worldmodels.errors import ConfigError
+    from worldmodels.rundir import vae_from
+
+    run, args = upstream
+    final = sorted((run / "checkpoints" / "vae").glob("*.pt"))[-1]
+    ranges = load_file(final)["int8_ranges"]
+    assert len(ranges) == 4 and all(r > 0 for r in ranges)  # the largest outputs of V's 4 convolutions
+    assert all("int8_ranges" not in load_file(path) for path in sorted((run / "checkpoints" / "vae").glob("*.pt"))[:-1])
+    quantized, quantized_args = fresh_copy(upstream, tmp_path, "quantized")
+    shutil.rmtree(quantized / "data" / "latents.zarr")
+    run_cli("encode", *quantized_args, "vae.precision=int8")
+    floats, ints = (EpisodeStore.open(r / "data" / "latents.zarr").read_episode(0, ["mu"])["mu"] for r in (run, quantized))
+    # the smoke V, trained 30 steps, barely tells frames apart: its z is measured against their size
+    error = float(((ints - floats) ** 2).mean() / (floats ** 2).mean()) ** 0.5
+    assert 0 < error < 0.01, error
+    # a V trained before vae.precision existed has no calibration: refused in one line, as is another device
+    old, other = tmp_path / "old.pt", tmp_path / "other"
+    save_file(old, {k: v for k, v in load_file(final).items() if k != "int8_ranges"})
+    shutil.copytree(run / "data" / "rollouts.zarr", other / "data" / "rollouts.zarr")
+    proc = run_cli("encode", "--config", SMOKE, "--run-dir", other, "vae.precision=int8", f"encode.vae={old}", check=False)
+    assert proc.returncode == 2 and "has no int8 calibration" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    with pytest.raises(ConfigError, match="on the CPU only"):
+        vae_from(final, config.load(SMOKE, ["vae.precision=int8"]), "meta")
+
+
 def test_train_mdnrnn_without_v_is_refused_before_training(upstream, tmp_path):
     # M's report decodes its dreams with V: without V it used to train every step, then fail
     run, args = fresh_copy(upstream, tmp_path, "no-v", ("config.yaml", "data"))

@@ -26,8 +26,8 @@ from worldmodels.rundir import CHECKPOINTS, RunDir, controller_from, mdnrnn_from
 
 # what each model file keeps of its stage's final checkpoint: what playing needs, nothing to resume
 KEPT = {"vae": ("model", "z_size"), "mdnrnn": ("model", "z_size", "actions"), "controller": ("best", "mean")}
-# the candidate controller.select chose, when it ran; V's channels, when its file is that recent
-KEPT_IF_MADE = {"vae": ("channels",), "controller": ("selected",)}
+# the candidate controller.select chose, when it ran; V's channels and int8 ranges, when its file is that recent
+KEPT_IF_MADE = {"vae": ("channels", "int8_ranges"), "controller": ("selected",)}
 REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 def model_file(folder: Path, stage: str) -> Path:
     return folder / "models" / f"{CHECKPOINTS[stage]}.pt"

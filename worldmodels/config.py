@@ -20,6 +20,8 @@ import yaml
 
 from worldmodels.errors import ConfigError
 
+PRECISIONS = ("float32", "int8")  # vae.precision
+
 
 @dataclass(frozen=True)
 class EnvConfig:
@@ -85,6 +87,9 @@ class VAEConfig:
 
     z_size: int = 32  # latent size (the paper: 32 for CarRacing, 64 for Doom)
     channels: int = 32  # the first conv's channels, doubled by each of the next three (the paper: 32)
+    # The arithmetic of V's encoder wherever it encodes frames (the encode stage, and every game a
+    # controller plays), not in training: float32, or int8 (worldmodels.int8; CPU only, several times faster)
+    precision: str = "float32"
     kl_tolerance: float = 0.5  # KL per frame is floored at kl_tolerance * z_size nats
     lr: float = 1e-4  # Adam learning rate
     batch_size: int = 100  # frames per step
@@ -97,6 +102,7 @@ class VAEConfig:
     def __post_init__(self) -> None:
         _check(self.z_size >= 1, "vae.z_size", "must be >= 1")
         _check(self.channels >= 1, "vae.channels", "must be >= 1")
+        _check(self.precision in PRECISIONS, "vae.precision", f"must be one of {', '.join(PRECISIONS)}")
         _check(self.lr > 0, "vae.lr", "must be > 0")
         _check(self.kl_tolerance >= 0, "vae.kl_tolerance", "must be >= 0")
         _check(self.batch_size >= 1, "vae.batch_size", "must be >= 1")

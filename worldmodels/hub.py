@@ -43,7 +43,8 @@ def model_card(cfg: Config, results: dict | None, model_ref: str, replay_src: st
         lines += [f'<video controls autoplay loop muted src="{replay_src}" width="320"></video>', ""]
     lines += ["V (a convolutional VAE) compresses each frame to z, M (an MDN-RNN) carries a memory h of the game in "
               "latent space, and C (a linear map from [z, h] to the action) was found by CMA-ES, after Ha & Schmidhuber "
-              f"(2018). V: z={cfg.vae.z_size}, {cfg.vae.channels} to {8 * cfg.vae.channels} channels; "
+              f"(2018). V: z={cfg.vae.z_size}, {cfg.vae.channels} to {8 * cfg.vae.channels} channels"
+              f"{', encoding frames in int8' if cfg.vae.precision == 'int8' else ''}; "
               f"M: LSTM {cfg.mdnrnn.hidden} with {cfg.mdnrnn.gaussians} Gaussians per latent dimension; "
               f"C: trained in the {c.mode} game for {c.generations} generations (population {c.popsize}, "
               f"{c.rollouts} rollouts each).", ""]

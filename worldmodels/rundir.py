@@ -33,7 +33,7 @@ import yaml
 
 from worldmodels import config as config_lib
 from worldmodels.config import Config
-from worldmodels.errors import DataError
+from worldmodels.errors import ConfigError, DataError
 from worldmodels.files import atomic_write, overwrite_in_place, read_json
 
 if TYPE_CHECKING:
@@ -287,7 +287,8 @@ def _finished(path: Path, stage: str) -> "EpisodeStore":
 
 
 def vae_from(path: Path, cfg: Config, device: "torch.device | str" = "cpu"):
-    """V from a file holding its `model` weights, `z_size` and `channels`, channels-last on `device`, in eval mode."""
+    """V from a file holding its `model` weights, `z_size`, `channels` (and `int8_ranges`), channels-last
+    on `device`, in eval mode; its encoder in int8 where vae.precision says so (worldmodels.int8)."""
     import torch
 
     from worldmodels.vae import ConvVAE
@@ -300,7 +301,17 @@ def vae_from(path: Path, cfg: Config, device: "torch.device | str" = "cpu"):
     _load_weights(model, path, state)
     # Frames arrive channels-last in memory (to_input permutes without copying): with weights
     # in the same layout the convolutions skip a conversion, 20% faster on CPU.
-    return model.to(device, memory_format=torch.channels_last).eval()
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    if cfg.vae.precision == "int8":
+        from worldmodels import int8
+
+        if torch.device(device).type != "cpu":
+            raise ConfigError(f"vae.precision=int8 runs V on the CPU only, not on {device}; use vae.precision=float32 there")
+        if "int8_ranges" not in state:  # V trained before vae.precision existed
+            raise DataError(f"{path}: V has no int8 calibration (trained before vae.precision existed); "
+                            "train V again in a new run directory to play it in int8")
+        model.encoder = int8.quantized(model.encoder, [float(r) for r in state["int8_ranges"]])
+    return model
 
 
 def mdnrnn_from(path: Path, cfg: Config, device: "torch.device | str" = "cpu"):

@@ -121,7 +121,7 @@ _RECORDS = (
                    ("vae-reconstructions.png", "V: frames and their reconstructions"))),
     Stage("encode", "encode every episode to mu/logvar in RUN_DIR/data/latents.zarr",
           "worldmodels.encode:encode", units=encoded_episodes,
-          progress=_episodes(lambda run: run.latents, encoded_episodes), upstream=("train-vae",), config=("encode",), tasks=True,
+          progress=_episodes(lambda run: run.latents, encoded_episodes), upstream=("train-vae",), config=("encode", "vae.precision"), tasks=True,
           needs=lambda cfg: ("collect",) if cfg.encode.vae else ("train-vae",)),  # encode.vae: a V from elsewhere
     Stage("train-mdnrnn", "train M, the MDN-RNN, on the latents into RUN_DIR/checkpoints/mdnrnn",
           "worldmodels.train_mdnrnn:train_mdnrnn", units=lambda cfg: cfg.mdnrnn.steps,

@@ -64,6 +64,16 @@ def mean_colour(store: EpisodeStore) -> torch.Tensor:
     return torch.from_numpy(frames.reshape(-1, 3).mean(axis=0) / 255.0)
 
 
+def int8_ranges(model: ConvVAE, stores: list[EpisodeStore]) -> dict[str, list[float]]:
+    """V's int8 calibration (worldmodels.int8), from frames of episodes spread over all its data."""
+    from worldmodels import int8
+
+    episodes = [(store, k) for store in stores for k in store.complete()]
+    picked = [episodes[i] for i in int8.spread(np.arange(len(episodes)))]
+    frames = np.concatenate([store.read_episode(int(k), ["frames"])["frames"] for store, k in picked])
+    return {"int8_ranges": int8.ranges(model.encoder, frames)}
+
+
 def train_vae(cfg: Config, run_dir: str | Path) -> str:
     """Train the VAE to cfg.vae.steps (resuming if checkpoints exist); returns a line for people."""
     from worldmodels.rounds import continued_checkpoint, rollouts
@@ -97,5 +107,5 @@ def train_vae(cfg: Config, run_dir: str | Path) -> str:
 
     job = Fit(STAGE, model, torch.optim.Adam(model.parameters(), lr=cfg.vae.lr), loader.batches, loss,
               total_steps=cfg.vae.steps, extra_state={"z_size": cfg.vae.z_size, "channels": cfg.vae.channels}, pictures=pictures,
-              init=continued_checkpoint(run, cfg, STAGE))
+              init=continued_checkpoint(run, cfg, STAGE), finish=lambda: int8_ranges(model, stores))
     return f"train-vae: finished at step {fit(cfg, run, job)}"

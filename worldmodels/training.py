@@ -75,6 +75,7 @@ class Fit:
     total_steps: int
     grad_clip: float | None = None
     extra_state: dict[str, Any] | None = None  # saved with every checkpoint (e.g. model sizes)
+    finish: Callable[[], dict[str, Any]] | None = None  # what the trained model adds to the last checkpoint (V: its int8 ranges)
     pictures: Callable[[], list[Path]] | None = None  # draws the report's pictures of the trained model
     init: Path | None = None  # a checkpoint a fresh start continues from (the previous round's): its model and optimizer
 
@@ -105,8 +106,9 @@ def fit(cfg: Config, run: RunDir, job: Fit) -> int:
     metrics_log = MetricsLog(run, job.stage, step)
 
     def save() -> None:
+        last = job.finish() if job.finish is not None and step == job.total_steps else {}
         ckpt.save(step, {"step": step, "model": job.model.state_dict(), "optimizer": job.optimizer.state_dict(),
-                         "rng": rng_state(), "identity": own, **(job.extra_state or {})})
+                         "rng": rng_state(), "identity": own, **(job.extra_state or {}), **last})
 
     # closing the batches stops the loader's read-ahead threads however training ends
     with Tracker(cfg, run, job.stage, total=job.total_steps, done=step, unit="steps") as tracker, StopFlag() as stop, \
