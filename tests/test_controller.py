@@ -107,6 +107,15 @@ def test_a_controller_of_over_300_parameters_cut_and_resumed_ends_with_the_same_
     cut_and_resume(base, tmp_path, [*wide, "controller.mode=dream"])
 
 
+def test_a_controller_playing_v_in_int8_cut_and_resumed_with_other_batches_ends_with_the_same_history(world, tmp_path):
+    base = tmp_path / "int8"  # V as it is; its latents and M again, from V in int8
+    shutil.copytree(world, base, ignore=shutil.ignore_patterns("latents.zarr", "mdnrnn", "controller", "eval", "state",
+                                                               "config.yaml"))
+    for stage in ("encode", "train-mdnrnn"):
+        run_cli(stage, "--config", SMOKE, "--run-dir", base, "vae.precision=int8")
+    cut_and_resume(base, tmp_path, ["vae.precision=int8"])
+
+
 def cut_and_resume(world: Path, tmp_path: Path, overrides: list[str]) -> None:
     """Ten generations uninterrupted, and cut by SIGTERM at a random one then rerun: the same run."""
     args = ["--config", SMOKE, *overrides, "controller.generations=10"]
