@@ -16,7 +16,7 @@ Prints
                                     [--precision float32]
 
 --channels sets V's width (vae.channels): 32 is the paper's V (and the demo's); 16 does a quarter of its
-encoder's multiply-adds. --precision int8 plays V's encoder in int8 (vae.precision, the demo's; CPU only).
+encoder's multiply-adds. --precision int8 plays V's encoder in int8 (vae.precision; CPU only).
 
 Each rate is the best of --repeats runs.
 """
@@ -201,7 +201,7 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, default=64, help="evaluating ranks assumed for the master's share")
     parser.add_argument("--channels", type=int, default=32, help="V's width, as vae.channels (32: the paper's and the demo's)")
     parser.add_argument("--precision", default="float32", choices=["float32", "int8"],
-                        help="V's encoder in play, as vae.precision (int8: the demo's; CPU only)")
+                        help="V's encoder in play, as vae.precision (int8: CPU only)")
     parser.add_argument("--episode-steps", type=int, default=800, help="typical Space Invaders episode length (steps)")
     args = parser.parse_args()
     pin_to_one_core()
