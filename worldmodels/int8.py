@@ -3,11 +3,12 @@
 On a CPU, V's encoder is about half of what a real-game step costs (the emulator is the other
 half), and its four convolutions run at the CPU's float32 multiply-add rate. Their int8 kernels
 (torch's quantized CPU backend, VNNI on AVX-512) do the same convolutions several times faster:
-on the demo's batches of 32, 90 us a frame against 370 (see benchmarks/controller.py).
+on batches of 32, 90 us a frame against 370 on one core (see benchmarks/controller.py).
 
 The quantized encoder is a function of V's float weights and four numbers, the largest output of
 each convolution (after its ReLU) over calibration frames of the run's own data, which train-vae
-stores with V (`ranges`, from the frames of `spread` episodes). So it is rebuilt identically wherever V is loaded.
+stores with V (`ranges`, over the frames of `spread` episodes). So it is rebuilt identically
+wherever V is loaded.
 - Frames enter as pixels / 255: quantized at scale 1/255 they are exact.
 - Each convolution's output is quantized to 0..255 over [0, its range]; its weights per output
   channel, symmetrically, to 7 bits (-63..63): a pixel times a weight, summed in pairs, then fits
