@@ -29,7 +29,7 @@ N=$(nproc)
 step gpu-tests 120 $PY -m pytest -p no:cacheprovider -o addopts= -m gpu -v tests/test_gpu.py
 step bench-controller 150 $PY benchmarks/controller.py --device cuda --seconds 2
 step bench-train 90 $PY benchmarks/train.py --device cuda
-A=(--config configs/demo.yaml --run-dir "$RUN" train.device=cuda vae.compile=true logging.wandb=false
+A=(--config configs/demo.yaml --run-dir "$RUN" train.device=cuda vae.compile=true vae.precision=float32 logging.wandb=false
    evaluate.videos=0 controller.mode=dream controller.select=0)
 step collect 60 tasks "$N" collect "${A[@]}"
 step train-vae 120 wm train-vae "${A[@]}"

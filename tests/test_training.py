@@ -199,9 +199,8 @@ def test_a_vae_of_another_size_is_refused_by_encode_and_train_mdnrnn(upstream, t
     assert proc.returncode == 2 and "has channels 32, the config says vae.channels=16" in proc.stderr, proc.stderr
 
 
-def test_v_is_calibrated_for_int8_when_trained_and_encodes_near_float32_in_it(upstream, tmp_path):
+def test_v_is_calibrated_for_int8_when_trained_and_encodes_near_float32_in_it(upstream, tmp_path, caplog):
     from worldmodels import config
-    from worldmodels.errors import ConfigError
     from worldmodels.rundir import vae_from
 
     run, args = upstream
@@ -216,14 +215,18 @@ def test_v_is_calibrated_for_int8_when_trained_and_encodes_near_float32_in_it(up
     # the smoke V, trained 30 steps, barely tells frames apart: its z is measured against their size
     error = float(((ints - floats) ** 2).mean() / (floats ** 2).mean()) ** 0.5
     assert 0 < error < 0.01, error
-    # a V trained before vae.precision existed has no calibration: refused in one line, as is another device
+    # a V trained before vae.precision existed has no calibration: refused in one line
     old, other = tmp_path / "old.pt", tmp_path / "other"
     save_file(old, {k: v for k, v in load_file(final).items() if k != "int8_ranges"})
     shutil.copytree(run / "data" / "rollouts.zarr", other / "data" / "rollouts.zarr")
     proc = run_cli("encode", "--config", SMOKE, "--run-dir", other, "vae.precision=int8", f"encode.vae={old}", check=False)
     assert proc.returncode == 2 and "has no int8 calibration" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
-    with pytest.raises(ConfigError, match="on the CPU only"):
-        vae_from(final, config.load(SMOKE, ["vae.precision=int8"]), "meta")
+    # int8 names CPU kernels: on another device V stays in float32, and says so
+    with caplog.at_level("WARNING"):
+        elsewhere = vae_from(final, config.load(SMOKE, ["vae.precision=int8"]), "meta")
+    weights = list(elsewhere.encoder.parameters())  # a quantized encoder keeps its weights packed, on the CPU
+    assert weights and all(w.is_meta and w.dtype == torch.float32 for w in weights)
+    assert "vae.precision=int8 applies on the CPU only" in caplog.text
 
 
 def test_train_mdnrnn_without_v_is_refused_before_training(upstream, tmp_path):

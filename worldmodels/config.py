@@ -88,7 +88,8 @@ class VAEConfig:
     z_size: int = 32  # latent size (the paper: 32 for CarRacing, 64 for Doom)
     channels: int = 32  # the first conv's channels, doubled by each of the next three (the paper: 32)
     # The arithmetic of V's encoder wherever it encodes frames (the encode stage, and every game a
-    # controller plays), not in training: float32, or int8 (worldmodels.int8; CPU only, several times faster)
+    # controller plays), not in training: float32, or int8 (worldmodels.int8: CPU kernels, several
+    # times faster; on a GPU V stays in float32, with a warning)
     precision: str = "float32"
     kl_tolerance: float = 0.5  # KL per frame is floored at kl_tolerance * z_size nats
     lr: float = 1e-4  # Adam learning rate
