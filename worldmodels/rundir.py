@@ -37,7 +37,7 @@ from worldmodels.config import Config
 from worldmodels.errors import ConfigError, DataError
 from worldmodels.files import atomic_write, overwrite_in_place, read_json
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("worldmodels")
 
 if TYPE_CHECKING:
     import numpy as np
@@ -291,7 +291,8 @@ def _finished(path: Path, stage: str) -> "EpisodeStore":
 
 def vae_from(path: Path, cfg: Config, device: "torch.device | str" = "cpu"):
     """V from a file holding its `model` weights, `z_size`, `channels` (and `int8_ranges`), channels-last
-    on `device`, in eval mode; its encoder in int8 where vae.precision says so (worldmodels.int8)."""
+    on `device`, in eval mode; its encoder in int8 where vae.precision says so and `device` is the CPU
+    (worldmodels.int8)."""
     import torch
 
     from worldmodels.vae import ConvVAE
