@@ -34,7 +34,7 @@ import yaml
 
 from worldmodels import config as config_lib
 from worldmodels.config import Config
-from worldmodels.errors import ConfigError, DataError
+from worldmodels.errors import DataError
 from worldmodels.files import atomic_write, overwrite_in_place, read_json
 
 log = logging.getLogger("worldmodels")
