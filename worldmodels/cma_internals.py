@@ -5,7 +5,10 @@ A pickled `CMAEvolutionStrategy` carries `cma.utilities.utils.ElapsedWCTime` tim
 strategy's own `timer`, its logger's `timer_all` and `timer_plot`) that hold `time.time()`
 readings, so two identical runs would write different checkpoint bytes. `dumps` pickles the
 strategy with every such timer reset to zero and `loads` restarts them; the timers only serve
-cma's display and its `timeout` option, which this project leaves at infinity.
+cma's display and its `timeout` option, which this project leaves at infinity. Its logger's
+`name_prefix` is the absolute path of the folder cma would write its logs to (none here:
+`verbose` is -9), made from the working directory: `dumps` pickles the prefix as given
+(`verb_filenameprefix`), and `loads` makes it absolute again, as cma does.
 
 cma samples through its `randn` option, by default a method of numpy's global RandomState, which
 it seeds from its `seed` option; and from 300 parameters on (the controller has 1,734) its TPA
@@ -22,13 +25,15 @@ not, reads the stream an uninterrupted search in one process reads.
 
 from __future__ import annotations
 
+import os
 import pickle
+import tempfile
 from typing import Any, Callable
 
 import numpy as np
 
-USED = ("cma.utilities.utils.ElapsedWCTime timers on CMAEvolutionStrategy and its logger; its sampler's `randn` and "
-        "its `randn` option, both a method of numpy's global RandomState")
+USED = ("cma.utilities.utils.ElapsedWCTime timers on CMAEvolutionStrategy and its logger; its logger's `name_prefix`; "
+        "its sampler's `randn` and its `randn` option, both a method of numpy's global RandomState")
 _TIME_FIELDS = ("cum_time", "paused", "last_tic", "_last_toc", "_time_at_reset", "_time_at_creation")
 
 
@@ -42,25 +47,34 @@ def _timers(es: Any) -> list[Any]:
 
 
 def dumps(es: Any) -> bytes:
-    """The strategy's pickle, the same bytes for the same search whenever it ran."""
+    """The strategy's pickle, the same bytes for the same search whenever and wherever it ran."""
     timers = _timers(es)
     saved = [{name: getattr(t, name) for name in _TIME_FIELDS} for t in timers]
+    logger = getattr(es, "logger", None)
+    prefix = logger.name_prefix if logger is not None else None
     try:
         for t in timers:
             for name in _TIME_FIELDS:
                 setattr(t, name, 0)
+        if logger is not None:
+            logger.name_prefix = es.opts["verb_filenameprefix"]
         return es.pickle_dumps()
     finally:
         for t, fields in zip(timers, saved):
             for name, value in fields.items():
                 setattr(t, name, value)
+        if logger is not None:
+            logger.name_prefix = prefix
 
 
 def loads(data: bytes) -> Any:
-    """The strategy `dumps` wrote, its timers started now (and its RandomState its own, as pickled)."""
+    """The strategy `dumps` wrote, its timers started now, its logger's prefix made absolute (and
+    its RandomState its own, as pickled)."""
     es = pickle.loads(data)
     for t in _timers(es):
         t.reset()
+    if getattr(es, "logger", None) is not None:
+        es.logger.name_prefix = os.path.abspath(es.logger.name_prefix)
     return es
 
 
@@ -106,8 +120,8 @@ def _in_own_stream(es: Any, call: Callable[[], Any]) -> Any:
 
 
 def check() -> None:
-    """Raise RuntimeError when this cma's timers are not where `dumps` resets them, or its random
-    draws not where `new` gives it a stream of its own."""
+    """Raise RuntimeError when this cma's timers or log path are not where `dumps` resets them, or
+    its random draws not where `new` gives it a stream of its own."""
     import cma
 
     fresh = cma.CMAEvolutionStrategy(np.zeros(3), 0.5, {"seed": 1, "verbose": -9})
@@ -120,9 +134,17 @@ def check() -> None:
         es.tell(asked, [float(x @ x) for x in asked])
         return es
 
-    first, second = search(), search()
+    first = search()
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory() as elsewhere:  # the same search, made in another working directory
+        try:
+            os.chdir(elsewhere)
+            second = search()
+        finally:
+            os.chdir(here)
     timers = _timers(first)
-    if not timers or not all(hasattr(t, name) for t in timers for name in _TIME_FIELDS):
+    if not timers or not all(hasattr(t, name) for t in timers for name in _TIME_FIELDS) \
+            or not isinstance(getattr(getattr(first, "logger", None), "name_prefix", None), str):
         raise RuntimeError(f"cma {cma.__version__} lacks what worldmodels/cma_internals.py uses: {USED}")
     if dumps(first) != dumps(second):
-        raise RuntimeError(f"cma {cma.__version__}: a pickled CMAEvolutionStrategy holds times outside {USED}")
+        raise RuntimeError(f"cma {cma.__version__}: a pickled CMAEvolutionStrategy holds times or paths outside {USED}")
