@@ -46,12 +46,19 @@ def test_overrides_parse_yaml_values_and_coerce_ints_to_floats():
     ("evaluate.protocols=[v5]", "evaluate.protocols"),
     ("evaluate.protocols=[]", "evaluate.protocols"),
     ("controller.select_protocol=v5", "controller.select_protocol"),
+    ("controller.protocol=v5", "controller.protocol"),
     ("vae.channels=0", "vae.channels"),
     ("vae.precision=float16", "vae.precision"),
 ])
 def test_bad_keys_and_values_are_errors_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=f"'{key}'"):
         config.load(SMOKE, [override])
+
+
+def test_options_of_the_real_game_are_refused_with_a_dream():
+    for option in ("controller.protocol=sticky", "controller.select=2"):
+        with pytest.raises(ConfigError, match=f"'{option.split('=')[0]}'.*controller.mode=dream"):
+            config.load(SMOKE, ["controller.mode=dream", option])
 
 
 def test_malformed_override_is_an_error():

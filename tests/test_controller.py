@@ -116,6 +116,31 @@ def test_a_controller_playing_v_in_int8_cut_and_resumed_with_other_batches_ends_
     cut_and_resume(base, tmp_path, ["vae.precision=int8"])
 
 
+def controllers_following_h() -> np.ndarray:
+    """Three smoke controllers for games long enough (150 steps) that a repeated action changes a
+    score: without biases, their actions follow M's h (the smoke V's z hardly changes from frame to
+    frame); rows 2-4 of the draw include one whose score sticky actions change, most others' they do not."""
+    params = np.random.default_rng(1).normal(size=(8, controller_size(8, 16, 6)))[2:5]
+    params[:, -6:] = 0
+    return params
+
+
+def test_training_under_sticky_actions_plays_other_games_the_same_every_time(world):
+    from worldmodels.envs import EnvPool
+    from worldmodels.evolution import real_returns, training_env
+    from worldmodels.rundir import RunDir
+
+    vae, mdnrnn = RunDir(world).load_world_model(config.load(SMOKE))
+    params = controllers_following_h()
+    jobs = [(c, r) for c in range(3) for r in range(2)]
+    returns = {}
+    for name, protocol in (("v4", "null"), ("sticky", "sticky"), ("again", "sticky")):
+        cfg = config.load(SMOKE, ["env.max_steps=150", f"controller.protocol={protocol}"])
+        envs = EnvPool(training_env(cfg))
+        returns[name] = real_returns(cfg, vae, mdnrnn, params, jobs, 0, "controller.train", None, envs).tolist()
+    assert returns["sticky"] == returns["again"] and returns["sticky"] != returns["v4"], returns
+
+
 def cut_and_resume(world: Path, tmp_path: Path, overrides: list[str]) -> None:
     """Ten generations uninterrupted, and cut by SIGTERM at a random one then rerun: the same run."""
     args = ["--config", SMOKE, *overrides, "controller.generations=10"]
@@ -320,13 +345,9 @@ def test_selection_under_sticky_actions_rescores_the_same_candidates_in_other_ga
     from worldmodels.evolution import _select
     from worldmodels.rundir import RunDir
 
-    # games long enough (150 steps) for a repeated action to change a score, and controllers
-    # without biases, whose actions follow M's h (the smoke V's z hardly changes from frame to frame);
-    # rows 2-4 of the draw include one whose score sticky actions change, most others' they do not
     base = ["env.max_steps=150", "controller.select=3", "controller.select_rollouts=2"]
     vae, mdnrnn = RunDir(world).load_world_model(config.load(SMOKE))
-    top = np.random.default_rng(1).normal(size=(8, controller_size(8, 16, 6)))[2:5]
-    top[:, -6:] = 0
+    top = controllers_following_h()
     state = {"top": top, "top_fitness": np.zeros(3)}
     rescored = {}
     for protocol in ("null", "sticky"):  # null: the run's own games, v4's here

@@ -165,6 +165,9 @@ class ControllerConfig:
     inputs: str = "zh"  # what C sees (INPUTS): z, zh (the paper) or zhc; sets C's size (z: 198 numbers, zh: 1,734)
     popsize: int = 64  # CMA-ES population
     rollouts: int = 16  # episodes per candidate; all candidates of a generation share their seeds
+    # The protocol (PROTOCOLS) the training games are played under, on the run's data, V and M;
+    # null: the run's own env. "sticky" scores candidates where a policy cannot replay its games.
+    protocol: str | None = None
     generations: int = 300  # explicit budget (cma's own stop rules end early on integer scores)
     sigma0: float = 0.1  # initial step size
     diagonal: bool = False  # separable CMA-ES (much faster ask/tell for large controllers)
@@ -197,6 +200,10 @@ class ControllerConfig:
         _check(self.select >= 0, "controller.select", f"must be >= 0, got {self.select}")
         _check(not (self.select and self.mode == "dream"), "controller.select",
                "re-scores candidates in the real game: set it to 0 with controller.mode=dream")
+        _check(self.protocol in (None, *PROTOCOLS), "controller.protocol",
+               f"must be one of {', '.join(PROTOCOLS)} (or null: the run's env), got {self.protocol!r}")
+        _check(not (self.protocol and self.mode == "dream"), "controller.protocol",
+               "sets the real game's protocol: leave it null with controller.mode=dream")
         _check(self.select_protocol in (None, *PROTOCOLS), "controller.select_protocol",
                f"must be one of {', '.join(PROTOCOLS)} (or null: the training games' own), got {self.select_protocol!r}")
 

@@ -30,7 +30,7 @@ import torch
 
 from worldmodels import cma_internals, seeds
 from worldmodels.checkpoint import Checkpointer
-from worldmodels.config import Config, protocol_env
+from worldmodels.config import Config, EnvConfig, protocol_env
 from worldmodels.controller import WorldModelPolicy, act, controller_size, seen, unflatten
 from worldmodels.distributed import share, world
 from worldmodels.envs import EnvPool
@@ -46,6 +46,11 @@ STAGE = "train-controller"
 # game's (8, where the emulator dominates): on 2 cores, 1,024 dreams ran 16k steps/s in chunks
 # of 8, 81k in chunks of 64 and 100k as one batch.
 DREAM_CHUNK = 64
+
+
+def training_env(cfg: Config) -> EnvConfig:
+    """The games candidates are scored in: the run's env, under `controller.protocol` when set."""
+    return protocol_env(cfg, cfg.controller.protocol) if cfg.controller.protocol else cfg.env
 
 
 def real_returns(cfg: Config, vae, mdnrnn, params: np.ndarray, jobs: list[tuple[int, int]], generation: int,
@@ -203,12 +208,13 @@ def _train(cfg: Config, run: RunDir, group) -> dict[str, Any]:
                 "CMA_diagonal": c.diagonal, "verbose": -9, "maxiter": 10**9, "tolflatfitness": 10**9,
                 "tolfun": 0, "tolx": 0, "tolstagnation": 10**9})
             state = _fresh(size)
-        log.info("train-controller: %s parameters per controller, population %d x %d rollouts, %s game, %d rank(s) on %s",
-                 f"{size:,}", c.popsize, c.rollouts, c.mode, group.size, ", ".join(sorted(set(group.hosts))))
+        log.info("train-controller: %s parameters per controller, population %d x %d rollouts, %s game%s, %d rank(s) on %s",
+                 f"{size:,}", c.popsize, c.rollouts, c.mode, f" under {c.protocol}" if c.protocol else "", group.size,
+                 ", ".join(sorted(set(group.hosts))))
     generation = group.bcast(state["generation"] if state else None)
 
     tracker = Tracker(cfg, run, STAGE, total=c.generations, done=generation, unit="generations") if group.rank == 0 else None
-    envs = EnvPool(cfg.env)  # this rank's environments, loaded once for every generation
+    envs = EnvPool(training_env(cfg))  # this rank's environments, loaded once for every generation
     with tracker or contextlib.nullcontext(), StopFlag() as stop:
         while generation < c.generations:
             if group.bcast(stop.requested if group.rank == 0 else None):

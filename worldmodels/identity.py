@@ -51,6 +51,7 @@ OPERATIONAL = frozenset({
 # At that value a key is left out of every identity, so runs made before it still resume and branch.
 ADDED_SINCE_FORMAT = {"env.repeat_action_probability": 0.0, "controller.inputs": "zh", "evaluate.protocols": ["v4"],
                       "controller.select": 0, "controller.select_rollouts": 16, "controller.select_protocol": None,
+                      "controller.protocol": None,
                       "vae.channels": 32, "vae.precision": "float32"}
 
 
