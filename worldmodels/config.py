@@ -214,8 +214,10 @@ class ControllerConfig:
 PROTOCOLS = {"v4": 0.0, "sticky": 0.25}
 
 
-def protocol_env(cfg: Config, protocol: str) -> EnvConfig:
-    """The environment config of an evaluation protocol: the run's, with the protocol's sticky actions."""
+def protocol_env(cfg: Config, protocol: str | None) -> EnvConfig:
+    """The environment config of a protocol: the run's, with the protocol's sticky actions (None: the run's own)."""
+    if protocol is None:
+        return cfg.env
     return dataclasses.replace(cfg.env, repeat_action_probability=PROTOCOLS[protocol])
 
 

@@ -50,7 +50,15 @@ DREAM_CHUNK = 64
 
 def training_env(cfg: Config) -> EnvConfig:
     """The games candidates are scored in: the run's env, under `controller.protocol` when set."""
-    return protocol_env(cfg, cfg.controller.protocol) if cfg.controller.protocol else cfg.env
+    return protocol_env(cfg, cfg.controller.protocol)
+
+
+def training_games(cfg: Config) -> str:
+    """What the training games are, in words: M's dream or the real game, with its sticky actions."""
+    if cfg.controller.mode == "dream":
+        return "in M's dream"
+    sticky = training_env(cfg).repeat_action_probability
+    return f"in the real game, sticky actions {sticky:g}" if sticky else "in the real game"
 
 
 def real_returns(cfg: Config, vae, mdnrnn, params: np.ndarray, jobs: list[tuple[int, int]], generation: int,
@@ -208,9 +216,8 @@ def _train(cfg: Config, run: RunDir, group) -> dict[str, Any]:
                 "CMA_diagonal": c.diagonal, "verbose": -9, "maxiter": 10**9, "tolflatfitness": 10**9,
                 "tolfun": 0, "tolx": 0, "tolstagnation": 10**9})
             state = _fresh(size)
-        log.info("train-controller: %s parameters per controller, population %d x %d rollouts, %s game%s, %d rank(s) on %s",
-                 f"{size:,}", c.popsize, c.rollouts, c.mode, f" under {c.protocol}" if c.protocol else "", group.size,
-                 ", ".join(sorted(set(group.hosts))))
+        log.info("train-controller: %s parameters per controller, population %d x %d rollouts %s, %d rank(s) on %s",
+                 f"{size:,}", c.popsize, c.rollouts, training_games(cfg), group.size, ", ".join(sorted(set(group.hosts))))
     generation = group.bcast(state["generation"] if state else None)
 
     tracker = Tracker(cfg, run, STAGE, total=c.generations, done=generation, unit="generations") if group.rank == 0 else None
@@ -266,7 +273,7 @@ def _train(cfg: Config, run: RunDir, group) -> dict[str, Any]:
         if tracker is not None:
             from worldmodels.plots import plot_fitness
 
-            tracker.images({f"{STAGE}/fitness": plot_fitness(run, state["history"])})
+            tracker.images({f"{STAGE}/fitness": plot_fitness(run, state["history"], training_games(cfg))})
     if group.rank != 0:
         return {"generation": generation}
     return {"generation": generation, "best_fitness": state["best_fitness"]}

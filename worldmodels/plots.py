@@ -118,9 +118,10 @@ def plot_dreams(cfg, run: RunDir, mdnrnn, latents, count: int = 4, steps: int = 
                       f"V's decoding of real latents (odd rows) and M's dream from the same start (even rows), tau={cfg.mdnrnn.tau}")
 
 
-def plot_fitness(run: RunDir, history: list[dict]) -> Path:
-    """report/controller-fitness.png: best, mean and worst fitness of each CMA-ES generation (and,
-    with controller.select, the re-scored mean of the candidate that plays)."""
+def plot_fitness(run: RunDir, history: list[dict], games: str) -> Path:
+    """report/controller-fitness.png: best, mean and worst fitness of each CMA-ES generation in the
+    `games` they were played in (and, with controller.select, the re-scored mean of the candidate
+    that plays)."""
     fig = figure(figsize=(6, 3.5))
     ax = fig.subplots()
     gens = [h["generation"] for h in history]
@@ -133,7 +134,7 @@ def plot_fitness(run: RunDir, history: list[dict]) -> Path:
     if selected:
         ax.plot(*zip(*selected), "*", markersize=10, label="the selected candidate, re-scored")
     ax.set_xlabel("generation")
-    ax.set_ylabel("mean return over rollouts")
+    ax.set_ylabel(f"mean return over rollouts\n({games})", fontsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, run, "controller-fitness.png")
