@@ -339,7 +339,7 @@ def test_evaluate_refuses_a_controller_of_another_size(world, tmp_path):
     assert (tree_digest(run / "eval") if (run / "eval").exists() else {}) == before
 
 
-def test_selection_under_sticky_actions_rescores_the_same_candidates_in_other_games(world):
+def test_selection_under_sticky_actions_rescores_the_same_candidates_in_other_games_and_under_both_by_the_mean(world):
     from worldmodels.distributed import Single
     from worldmodels.envs import EnvPool
     from worldmodels.evolution import _select
@@ -354,6 +354,12 @@ def test_selection_under_sticky_actions_rescores_the_same_candidates_in_other_ga
         cfg = config.load(SMOKE, [*base, f"controller.select_protocol={protocol}"])
         rescored[protocol] = _select(cfg, Single(), [0], vae, mdnrnn, state, 2, None, EnvPool(cfg.env))["rescored"]
     assert rescored["null"] != rescored["sticky"], rescored
+    # under both: each protocol's games as above, and the mean of the two ranks the candidates
+    cfg = config.load(SMOKE, [*base, "controller.select_protocol=[v4, sticky]"])
+    both = _select(cfg, Single(), [0], vae, mdnrnn, state, 2, None, EnvPool(cfg.env))
+    assert both["protocols"] == {"v4": rescored["null"], "sticky": rescored["sticky"]}, both
+    assert both["rescored"] == [(v4 + sticky) / 2 for v4, sticky in zip(rescored["null"], rescored["sticky"])]
+    assert both["chosen"] == int(np.argmax(both["rescored"]))
 
 
 def test_selection_rescores_the_top_candidates_plays_the_best_and_is_the_same_under_mpirun_and_after_a_cut(world, tmp_path):

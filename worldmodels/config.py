@@ -181,10 +181,11 @@ class ControllerConfig:
     # one that plays ("best"): a candidate's fitness from a few rollouts is much luck. 0: the
     # candidate of highest fitness plays. Real game only. `select_protocol` (PROTOCOLS) plays those
     # episodes under an evaluation protocol instead of the training games' own: "sticky" chooses the
-    # candidate that best survives sticky actions.
+    # candidate that best survives sticky actions; a list plays them under each protocol, and the
+    # mean of its protocols' means ranks a candidate ([v4, sticky]: the one that plays both best).
     select: int = 0
     select_rollouts: int = 16
-    select_protocol: str | None = None
+    select_protocol: str | tuple[str, ...] | None = None
     dream_steps: int = 1000  # longest dream (steps)
     seed: int | None = None  # seed of CMA-ES and of the training rollouts (default: the run seed)
 
@@ -204,8 +205,15 @@ class ControllerConfig:
                f"must be one of {', '.join(PROTOCOLS)} (or null: the run's env), got {self.protocol!r}")
         _check(not (self.protocol and self.mode == "dream"), "controller.protocol",
                "sets the real game's protocol: leave it null with controller.mode=dream")
-        _check(self.select_protocol in (None, *PROTOCOLS), "controller.select_protocol",
-               f"must be one of {', '.join(PROTOCOLS)} (or null: the training games' own), got {self.select_protocol!r}")
+        chosen = self.select_protocols
+        _check(bool(chosen) and len(set(chosen)) == len(chosen) and all(p in (None, *PROTOCOLS) for p in chosen),
+               "controller.select_protocol", f"must be one of {', '.join(PROTOCOLS)}, a list of distinct ones, or null "
+               f"(the training games' own), got {self.select_protocol!r}")
+
+    @property
+    def select_protocols(self) -> tuple[str | None, ...]:
+        """The protocols the selection plays under, as a tuple (None: the training games' own)."""
+        return self.select_protocol if isinstance(self.select_protocol, tuple) else (self.select_protocol,)
 
 
 # The evaluation protocols by name: the emulator's repeat-action probability under each. "v4" is

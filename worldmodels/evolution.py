@@ -296,23 +296,35 @@ def _keep_top(state: dict[str, Any], solutions: np.ndarray, fitness: np.ndarray,
 def _select(cfg: Config, group, workers: list[int], vae, mdnrnn, state, generation: int, stop,
             envs: EnvPool) -> dict[str, Any] | None:
     """Every rank plays its share of the top candidates' `select_rollouts` episodes (the same seeds
-    for every candidate, a stream of their own; under `select_protocol` when set); rank 0 returns
-    the candidate of highest mean."""
+    for every candidate, a stream of their own) under each of `select_protocols` (None: the
+    training games' own); rank 0 returns the candidate whose mean over the protocols' means is highest."""
     c = cfg.controller
     top = group.bcast(state["top"] if group.rank == 0 else None)
     jobs = [(i, r) for i in range(len(top)) for r in range(c.select_rollouts)]
-    if c.select_protocol is not None:
-        envs = EnvPool(protocol_env(cfg, c.select_protocol))
-    returns = _evaluate_share(cfg, group, workers, vae, mdnrnn, None, top, jobs, generation, "controller.select",
-                              stop, envs, mode="real")
+    means = {}
+    for protocol in c.select_protocols:
+        pool = envs if protocol is None else EnvPool(protocol_env(cfg, protocol))
+        returns = _evaluate_share(cfg, group, workers, vae, mdnrnn, None, top, jobs, generation, "controller.select",
+                                  stop, pool, mode="real")
+        if group.rank == 0:
+            means[protocol] = returns.reshape(len(top), c.select_rollouts).mean(axis=1)
     if group.rank != 0:
         return None
-    rescored = returns.reshape(len(top), c.select_rollouts).mean(axis=1)
+    rescored = np.mean(list(means.values()), axis=0)
     chosen = int(np.argmax(rescored))
-    log.info("train-controller: of the %d candidates of highest fitness (%s), re-scored on %d episodes each%s (%s), "
-             "candidate %d plays", len(top), ", ".join(f"{f:.0f}" for f in state["top_fitness"]), c.select_rollouts,
-             f" under {c.select_protocol}" if c.select_protocol else "", ", ".join(f"{f:.0f}" for f in rescored), chosen)
-    return {"chosen": chosen, "fitness": [float(f) for f in state["top_fitness"]], "rescored": [float(f) for f in rescored]}
+    def scores(values) -> str:
+        return ", ".join(f"{f:.0f}" for f in values)
+
+    if len(means) > 1:
+        rescoring = "under " + " and ".join(means) + " (" + "; ".join(f"{p}: {scores(m)}" for p, m in means.items()) + f"; mean: {scores(rescored)})"
+    else:
+        rescoring = (f"under {c.select_protocol} " if c.select_protocol else "") + f"({scores(rescored)})"
+    log.info("train-controller: of the %d candidates of highest fitness (%s), re-scored on %d episodes each %s, "
+             "candidate %d plays", len(top), scores(state["top_fitness"]), c.select_rollouts, rescoring, chosen)
+    selection = {"chosen": chosen, "fitness": [float(f) for f in state["top_fitness"]], "rescored": [float(f) for f in rescored]}
+    if len(means) > 1:  # each protocol's means beside the mean over them that chose
+        selection["protocols"] = {p: [float(f) for f in m] for p, m in means.items()}
+    return selection
 
 
 def _evaluate_share(cfg: Config, group, workers: list[int], vae, mdnrnn, starts, solutions, jobs, generation, stream,
