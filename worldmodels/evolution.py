@@ -312,15 +312,16 @@ def _select(cfg: Config, group, workers: list[int], vae, mdnrnn, state, generati
         return None
     rescored = np.mean(list(means.values()), axis=0)
     chosen = int(np.argmax(rescored))
-    def scores(values) -> str:
+
+    def listed(values) -> str:
         return ", ".join(f"{f:.0f}" for f in values)
 
-    if len(means) > 1:
-        rescoring = "under " + " and ".join(means) + " (" + "; ".join(f"{p}: {scores(m)}" for p, m in means.items()) + f"; mean: {scores(rescored)})"
-    else:
-        rescoring = (f"under {c.select_protocol} " if c.select_protocol else "") + f"({scores(rescored)})"
-    log.info("train-controller: of the %d candidates of highest fitness (%s), re-scored on %d episodes each %s, "
-             "candidate %d plays", len(top), scores(state["top_fitness"]), c.select_rollouts, rescoring, chosen)
+    named = " and ".join(p for p in means if p is not None)
+    each = "; ".join(f"{p}: {listed(m)}" for p, m in means.items()) + f"; mean: {listed(rescored)}" if len(means) > 1 \
+        else listed(rescored)
+    log.info("train-controller: of the %d candidates of highest fitness (%s), re-scored on %d episodes each%s (%s), "
+             "candidate %d plays", len(top), listed(state["top_fitness"]), c.select_rollouts,
+             f" under {named}" if named else "", each, chosen)
     selection = {"chosen": chosen, "fitness": [float(f) for f in state["top_fitness"]], "rescored": [float(f) for f in rescored]}
     if len(means) > 1:  # each protocol's means beside the mean over them that chose
         selection["protocols"] = {p: [float(f) for f in m] for p, m in means.items()}
