@@ -303,7 +303,9 @@ def _select(cfg: Config, group, workers: list[int], vae, mdnrnn, state, generati
     jobs = [(i, r) for i in range(len(top)) for r in range(c.select_rollouts)]
     means = {}
     for protocol in c.select_protocols:
-        pool = envs if protocol is None else EnvPool(protocol_env(cfg, protocol))
+        # the training pool where its games are the protocol's (the demo's v4), else one of the protocol's own
+        wanted = envs.cfg if protocol is None else protocol_env(cfg, protocol)
+        pool = envs if wanted == envs.cfg else EnvPool(wanted)
         returns = _evaluate_share(cfg, group, workers, vae, mdnrnn, None, top, jobs, generation, "controller.select",
                                   stop, pool, mode="real")
         if group.rank == 0:
@@ -317,8 +319,9 @@ def _select(cfg: Config, group, workers: list[int], vae, mdnrnn, state, generati
         return ", ".join(f"{f:.0f}" for f in values)
 
     named = " and ".join(p for p in means if p is not None)
-    each = "; ".join(f"{p}: {listed(m)}" for p, m in means.items()) + f"; mean: {listed(rescored)}" if len(means) > 1 \
-        else listed(rescored)
+    each = listed(rescored)
+    if len(means) > 1:
+        each = "; ".join(f"{p}: {listed(m)}" for p, m in means.items()) + f"; mean: {each}"
     log.info("train-controller: of the %d candidates of highest fitness (%s), re-scored on %d episodes each%s (%s), "
              "candidate %d plays", len(top), listed(state["top_fitness"]), c.select_rollouts,
              f" under {named}" if named else "", each, chosen)
