@@ -161,7 +161,8 @@ def cut_and_resume(world: Path, tmp_path: Path, overrides: list[str]) -> None:
     assert f"resuming after generation {stopped}" in rerun.stderr
     a, b = last_checkpoint(whole), last_checkpoint(cut)
     assert a["history"] == b["history"] and len(a["history"]) == 10
-    assert torch.equal(a["mean"], b["mean"]) and a["best_fitness"] == b["best_fitness"]
+    final = "checkpoints/controller/step-000000010.pt"
+    assert (whole / final).read_bytes() == (cut / final).read_bytes()  # the CMA-ES state included
 
 
 def test_forty_generations_are_bitwise_the_same_under_one_process_mpirun_and_a_launcher_change(world, tmp_path):
@@ -187,9 +188,9 @@ def test_forty_generations_are_bitwise_the_same_under_one_process_mpirun_and_a_l
     stopped = last_checkpoint(moved)["generation"]
     assert 15 <= stopped < 40
     assert f"resuming after generation {stopped}" in run_cli("train-controller", *args, "--run-dir", moved).stderr
-    a, b, c = last_checkpoint(one), last_checkpoint(three), last_checkpoint(moved)
-    assert a["history"] == b["history"] == c["history"] and len(a["history"]) == 40
-    assert torch.equal(a["mean"], c["mean"]) and torch.equal(a["best"], c["best"])
+    a, c = last_checkpoint(one), last_checkpoint(moved)
+    assert a["history"] == c["history"] and len(a["history"]) == 40
+    assert (one / final).read_bytes() == (moved / final).read_bytes()  # resumed: the CMA-ES read back pickles alike
 
 
 def test_dream_rollouts_are_deterministic_and_do_not_depend_on_how_episodes_are_split(world):
@@ -391,14 +392,7 @@ def test_selection_rescores_the_top_candidates_plays_the_best_and_is_the_same_un
     for leftover in (two / "checkpoints" / "controller").glob("step-000000003.*"):
         leftover.unlink()
     assert "resuming after generation 2" in run_cli("train-controller", *args, "--run-dir", two).stderr
-    resumed = last_checkpoint(two)
-    assert resumed.keys() == final.keys()
-    for key in final.keys() - {"es"}:  # the CMA-ES pickle is not bytewise the same once unpickled: its next ask is
-        assert torch.equal(final[key], resumed[key]) if torch.is_tensor(final[key]) else final[key] == resumed[key], key
-    from worldmodels import cma_internals
-
-    asks = [np.asarray(cma_internals.loads(c["es"].numpy().tobytes()).ask()) for c in (final, resumed)]
-    assert np.array_equal(*asks)
+    assert path.read_bytes() == (two / path.relative_to(one)).read_bytes()  # the CMA-ES read back pickles alike
     refused = run_cli("train-controller", *args, "--run-dir", tmp_path / "dream", "controller.mode=dream", check=False)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "controller.select" in refused.stderr, refused.stderr
     assert not (tmp_path / "dream").exists()

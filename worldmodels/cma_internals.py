@@ -1,5 +1,5 @@
-"""The one place that reaches inside cma (pinned at 4.5.0): its state without wall-clock times,
-and a random stream of its own.
+"""The one place that reaches inside cma (pinned at 4.5.0): its state without wall-clock times and
+laid out alike however it was made, and a random stream of its own.
 
 A pickled `CMAEvolutionStrategy` carries `cma.utilities.utils.ElapsedWCTime` timers (the
 strategy's own `timer`, its logger's `timer_all` and `timer_plot`) that hold `time.time()`
@@ -9,6 +9,13 @@ cma's display and its `timeout` option, which this project leaves at infinity. I
 `name_prefix` is the absolute path of the folder cma would write its logs to (none here:
 `verbose` is -9), made from the working directory: `dumps` pickles the prefix as given
 (`verb_filenameprefix`), and `loads` makes it absolute again, as cma does.
+
+pickle writes an object once and refers back to it after, so equal strings and numpy dtypes are
+written once or many times as they are one object or many. A strategy read back from its
+checkpoint holds copies (unpickled dict keys, dtypes) where one made in this process shares one
+object, and its pickle would be laid out otherwise from the uninterrupted search's. `dumps`
+writes every string and every plain dtype by value, so a resumed search writes the bytes the
+uninterrupted one writes.
 
 cma samples through its `randn` option, by default a method of numpy's global RandomState, which
 it seeds from its `seed` option; and from 300 parameters on (the controller has 1,734) its TPA
@@ -25,15 +32,18 @@ not, reads the stream an uninterrupted search in one process reads.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
+import sys
 import tempfile
 from typing import Any, Callable
 
 import numpy as np
 
 USED = ("cma.utilities.utils.ElapsedWCTime timers on CMAEvolutionStrategy and its logger; its logger's `name_prefix`; "
-        "its sampler's `randn` and its `randn` option, both a method of numpy's global RandomState")
+        "its sampler's `randn` and its `randn` option, both a method of numpy's global RandomState; "
+        "the standard library's pure-Python pickler, `pickle._Pickler.save`")
 _TIME_FIELDS = ("cum_time", "paused", "last_tic", "_last_toc", "_time_at_reset", "_time_at_creation")
 
 
@@ -44,6 +54,18 @@ def _timers(es: Any) -> list[Any]:
     for owner in (es, getattr(es, "logger", None)):
         found += [v for v in vars(owner).values() if isinstance(v, ElapsedWCTime)] if owner is not None else []
     return found
+
+
+class _ByValue(pickle._Pickler):
+    """The pure-Python pickler (the C one has no hook before its memo) with each string and plain
+    dtype swapped for its one canonical object before it is written or referred back to."""
+
+    def save(self, obj: Any, save_persistent_id: bool = True) -> None:
+        if type(obj) is str:
+            obj = sys.intern(obj)
+        elif isinstance(obj, np.dtype) and obj.fields is None and obj.subdtype is None and obj.metadata is None:
+            obj = np.dtype(obj.str)  # an unpickled dtype is a copy, not numpy's own (isbuiltin 0)
+        super().save(obj, save_persistent_id)
 
 
 def dumps(es: Any) -> bytes:
@@ -58,7 +80,9 @@ def dumps(es: Any) -> bytes:
                 setattr(t, name, 0)
         if logger is not None:
             logger.name_prefix = es.opts["verb_filenameprefix"]
-        return es.pickle_dumps()
+        out = io.BytesIO()
+        _ByValue(out, pickle.DEFAULT_PROTOCOL).dump(es)
+        return out.getvalue()
     finally:
         for t, fields in zip(timers, saved):
             for name, value in fields.items():
@@ -148,3 +172,17 @@ def check() -> None:
         raise RuntimeError(f"cma {cma.__version__} lacks what worldmodels/cma_internals.py uses: {USED}")
     if dumps(first) != dumps(second):
         raise RuntimeError(f"cma {cma.__version__}: a pickled CMAEvolutionStrategy holds times or paths outside {USED}")
+
+    def resumed(cut: int | None) -> bytes:
+        """Three generations through `new`, `ask` and `tell`, read back from `dumps` after generation `cut`."""
+        es = new(np.zeros(3), 0.5, {"seed": 1, "verbose": -9})
+        for generation in range(3):
+            if generation == cut:
+                es = loads(dumps(es))
+            asked = ask(es)
+            tell(es, asked, [float(x @ x) for x in asked])
+        return dumps(es)
+
+    if resumed(None) != resumed(1):
+        raise RuntimeError(f"cma {cma.__version__}: a search read back from its pickle pickles otherwise than the "
+                           "uninterrupted one (worldmodels/cma_internals.py writes strings and dtypes by value)")
