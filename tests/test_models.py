@@ -145,3 +145,22 @@ def test_rowwise_gives_the_fixed_chunks_bits_for_every_batch_size():
             for got, want in zip(rowwise(t.m, t.step, *rows), in_fixed_chunks(t.step, *rows)):
                 assert torch.equal(got, want), n
     assert len(_WHOLE[t.vae]) == 40 and len(_WHOLE[t.m]) == 40  # one probe per shape, kept with the model
+
+
+def test_v_means_give_the_fixed_chunks_bits_for_every_batch_size_in_float32_and_int8():
+    # vae.means runs the convolutions and the dense layer whole apart: the int8 ones at every size
+    import copy
+
+    from worldmodels import int8
+    from worldmodels.device import _WHOLE, in_fixed_chunks
+    from worldmodels.vae import means
+
+    t = _ModelsOnRows(40, 2)
+    quantized = copy.deepcopy(t.vae)
+    quantized.encoder = int8.quantized(t.vae.encoder, int8.ranges(t.vae.encoder, t.frames.numpy()))
+    with torch.no_grad():
+        for vae in (t.vae, quantized):
+            for n in range(1, 41):
+                want = in_fixed_chunks(lambda f: vae.encode(to_input(f))[0], t.frames[:n])
+                assert torch.equal(means(vae, t.frames[:n]), want), n
+    assert all(_WHOLE[quantized.encoder].values()) and len(_WHOLE[quantized.encoder]) == 40

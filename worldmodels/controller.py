@@ -79,11 +79,11 @@ class WorldModelPolicy:
     def act(self, obs: np.ndarray, slots: np.ndarray, replace=None) -> np.ndarray:
         """C's actions; `replace(actions)`, when given, may change some before M folds them in (exploration)."""
         from worldmodels.device import rowwise
-        from worldmodels.vae import to_input
+        from worldmodels.vae import means
 
         idx = torch.from_numpy(slots).to(self.device)
         # row by row: an episode's actions never depend on which episodes share its batch
-        z = rowwise(self.vae, lambda frames: self.vae.encode(to_input(frames))[0], torch.from_numpy(obs).to(self.device))
+        z = means(self.vae, torch.from_numpy(obs).to(self.device))
         which = self.which[idx]
         actions = act(self.weights[which], self.biases[which], seen(self.inputs, z, self.h[idx], self.c[idx]))
         if replace is not None:
