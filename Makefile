@@ -93,7 +93,7 @@ export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 # task stages as JOBS parallel tasks (then once more to confirm the whole), MPI stages as JOBS ranks;
 # with rounds.count > 1, all of them once per round (`python -m worldmodels rounds`). Tasks are
 # waited for by pid: bash's `wait -n` fails (127) when they all ended before it, as reused ones do.
-demo: $(HOST_SETUP) ## run the whole pipeline on configs/demo.yaml into a fresh run directory (17 to 21 min on this project's 2 cores, more on slower CPUs: see README)
+demo: $(HOST_SETUP) ## run the whole pipeline on configs/demo.yaml into a fresh run directory (17 to 19 min on this project's 2 cores, more on slower CPUs: see README)
 	@mkdir -p $(DEMO_DIR) $(if $(filter runs/demo-%,$(DEMO_DIR)),&& ln -sfn "$(abspath $(DEMO_DIR))" runs/latest)
 	@set -e; start=$$(date +%s); wm="$(call PYTHON_IN,$(DEMO_DIR)) -m worldmodels"; \
 	tasks() { pids=; for t in $$(seq 0 $$(($(JOBS) - 1))); do \
