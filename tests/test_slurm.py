@@ -86,7 +86,7 @@ THRESHOLD = {"collect": 2, "train-vae": 5, "encode": 2, "train-mdnrnn": 20, "tra
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_preempted_job_requeues_itself_resumes_and_ends_identical(cluster, reference, slurm_run, stage, tmp_path):
-    # train-controller runs one rank on each of the three nodes: its history must equal one process's
+    # train-controller runs one rank on each of the three nodes: its checkpoint must be one process's
     profile = controller_profile(tmp_path, 3) if stage == "train-controller" else LOCAL
     proc = submit(slurm_run, stage, profile=profile)
     assert proc.returncode == 0, proc.stderr
@@ -214,7 +214,7 @@ def failing_first_mpi_start(folder: Path) -> Path:
     return path
 
 
-def test_a_failed_mpi_start_a_hung_rank_then_a_cut_link_during_train_controller_each_requeue_and_the_history_equals_one_process(
+def test_a_failed_mpi_start_a_hung_rank_then_a_cut_link_during_train_controller_each_requeue_and_it_ends_with_the_checkpoint_one_process_writes(
         cluster, reference, tmp_path):
     # the controller of another seed, branched from the reference's V and M, uninterrupted and local
     seed = ["controller.seed=5", "controller.generations=8"]
